@@ -1,0 +1,1 @@
+"""The gateway: fnhost's HTTP API (Starlette on Hypercorn)."""

@@ -1,0 +1,51 @@
+"""Authentication as pure ASGI middleware: sets scope["tenant"] or answers 401."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import error_response
+from gateway.state import Services
+from runtime.errors import Forbidden, Unauthorized
+
+ADMIN_PATHS = ("/v1/tenants",)
+
+
+def bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+        admin = services.settings.admin_key
+        self.admin_key = admin.get_secret_value().encode() if admin is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        token = bearer(scope)
+        if token is None:
+            err = Unauthorized("missing Authorization: Bearer <api key>")
+            await error_response(err)(scope, receive, send)
+            return
+        if scope["path"].startswith(ADMIN_PATHS):
+            if self.admin_key is None or not hmac.compare_digest(token.encode(), self.admin_key):
+                await error_response(Forbidden("this route needs the admin key"))(scope, receive, send)
+                return
+            scope["admin"] = True
+        else:
+            tenant = await self.services.tenant_for_key(token)
+            if tenant is None:
+                await error_response(Unauthorized("unknown API key"))(scope, receive, send)
+                return
+            scope["tenant"] = tenant
+        await self.app(scope, receive, send)

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the gateway process."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+INVOCATIONS = Counter(
+    "fnhost_invocations_total", "Invocations answered by the gateway", ["type", "outcome"]
+)
+INVOKE_SECONDS = Histogram(
+    "fnhost_sync_invoke_seconds",
+    "Time from publishing a sync invocation to its reply",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+async def metrics(_request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,116 @@
+"""POST /v1/functions/{name}/invocations: sync (RequestResponse) and DryRun.
+
+The path is linear: resolve the function from the cache, bound the payload,
+pick the scheduler that owns the tenant, RPC, answer. No MongoDB round trip
+on a warm path.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.body import read_limited
+from gateway.metrics import INVOCATIONS, INVOKE_SECONDS
+from gateway.state import Services
+from runtime import constants as c
+from runtime.errors import BadRequest, FnhostError, NotFound, NotImplementedYet, Unavailable
+from runtime.store.tenants import Tenant
+
+SYNC, ASYNC, DRY_RUN = "RequestResponse", "Event", "DryRun"
+TYPES = {"requestresponse": SYNC, "event": ASYNC, "dryrun": DRY_RUN, "sync": SYNC, "async": ASYNC}
+# Time allowed on top of the function's timeout for queueing and a cold start.
+SYNC_MARGIN_S = 30.0
+
+
+def invocation_type(request: Request) -> str:
+    raw = request.headers.get(c.HTTP_INVOCATION_TYPE) or request.headers.get(
+        c.HTTP_FC_INVOCATION_TYPE
+    )
+    if raw is None:
+        return SYNC
+    kind = TYPES.get(raw.strip().lower())
+    if kind is None:
+        raise BadRequest(
+            f"unknown X-Invocation-Type {raw[:40]!r}: use RequestResponse, Event or DryRun",
+            field="X-Invocation-Type",
+        )
+    return kind
+
+
+def log_tail(request: Request) -> bool:
+    raw = request.headers.get(c.HTTP_LOG_TYPE)
+    if raw is None or raw.lower() == "none":
+        return False
+    if raw.lower() != "tail":
+        raise BadRequest("X-Log-Type must be Tail or None", field="X-Log-Type")
+    return True
+
+
+async def invoke(request: Request) -> Response:
+    services: Services = request.app.state.services
+    tenant: Tenant = request.scope["tenant"]
+    name = request.path_params["name"]
+    kind = invocation_type(request)
+    tail = log_tail(request)
+    record = await services.cache.get(tenant.id, name)
+    if record is None:
+        raise NotFound(f"function {name!r} not found")
+    settings = services.settings
+    limit = settings.async_payload_limit if kind == ASYNC else settings.sync_payload_limit
+    payload = await read_limited(request, limit)
+    request_id = str(uuid.uuid4())
+    if kind == DRY_RUN:
+        INVOCATIONS.labels(DRY_RUN, "ok").inc()
+        return Response(status_code=204, headers={c.HTTP_REQUEST_ID: request_id})
+    if kind == ASYNC:
+        raise NotImplementedYet("asynchronous invocations are not available in this release yet")
+    owner = services.membership.owner(tenant.id)
+    if owner is None:
+        raise Unavailable("no scheduler is available", retry_after_s=2)
+    headers = {
+        c.H_TENANT: tenant.id,
+        c.H_FUNCTION: name,
+        c.H_REVISION: record.revision,
+        c.H_REQUEST_ID: request_id,
+    }
+    if tail:
+        headers[c.H_LOG_TAIL] = True
+    with INVOKE_SECONDS.time():
+        reply = await services.sync.call(
+            owner,
+            payload,
+            headers,
+            content_type=request.headers.get("content-type"),
+            timeout=record.config.timeout_s + SYNC_MARGIN_S,
+        )
+    meta = reply.headers or {}
+    status = str(meta.get("status"))
+    INVOCATIONS.labels(SYNC, status).inc()
+    if status == "error":
+        err = FnhostError("")
+        err.status = int(meta.get("error_status", 500))  # type: ignore[arg-type]
+        response = Response(reply.body, err.status, media_type="application/json")
+        if "retry_after" in meta:
+            response.headers["Retry-After"] = str(meta["retry_after"])
+        response.headers[c.HTTP_REQUEST_ID] = request_id
+        return response
+    out = {
+        c.HTTP_REQUEST_ID: request_id,
+        c.HTTP_START: str(meta.get("start")),
+        c.HTTP_CONTAINER: str(meta.get("container")),
+        c.HTTP_VERSION: str(meta.get("version")),
+    }
+    if status == "function_error":
+        out[c.HTTP_FUNCTION_ERROR] = "Unhandled"
+    elif status == "timeout":
+        out[c.HTTP_FUNCTION_ERROR] = "Timeout"
+    if tail:
+        out[c.HTTP_LOG_RESULT] = str(meta.get("log_tail", ""))
+    return Response(reply.body, 200, headers=out, media_type=reply.content_type)
+
+
+routes = [Route("/v1/functions/{name}/invocations", invoke, methods=["POST"])]

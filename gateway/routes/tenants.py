@@ -1,0 +1,30 @@
+"""POST /v1/tenants (admin key): create a tenant and its API key."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.body import read_limited
+from gateway.state import Services
+from runtime.errors import BadRequest
+from runtime.models import check_name
+
+
+async def create_tenant(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    raw = await read_limited(request, 64 * 1024, "request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest('body must be JSON: {"name": "..."}') from None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise BadRequest('body must be {"name": "..."}', field="name")
+    name = check_name(body["name"], "name")
+    tenant, api_key = await services.tenants.create(name)
+    return JSONResponse({"id": tenant.id, "name": tenant.name, "api_key": api_key}, 201)
+
+
+routes = [Route("/v1/tenants", create_tenant, methods=["POST"])]

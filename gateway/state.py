@@ -1,0 +1,72 @@
+"""The gateway's long-lived services, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractRobustConnection
+
+from runtime.broker import topology
+from runtime.broker.control import ControlBus
+from runtime.broker.membership import Membership
+from runtime.broker.rpc import SyncClient
+from runtime.cache import FunctionCache
+from runtime.settings import Settings
+from runtime.store.functions import FunctionStore
+from runtime.store.mongo import Mongo
+from runtime.store.tenants import Tenant, TenantStore, hash_key
+
+
+@dataclass
+class KeyCache:
+    """API key digest -> tenant; bounded. Keys are never revoked yet, so no invalidation."""
+
+    max_entries: int = 100_000
+    entries: OrderedDict[str, Tenant] = field(default_factory=OrderedDict)
+
+    def get(self, digest: str) -> Tenant | None:
+        return self.entries.get(digest)
+
+    def put(self, digest: str, tenant: Tenant) -> None:
+        self.entries[digest] = tenant
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mongo = Mongo(settings)
+        self.tenants = TenantStore(self.mongo)
+        self.functions = FunctionStore(self.mongo)
+        self.cache = FunctionCache(self.functions)
+        self.keys = KeyCache()
+        self.membership = Membership(settings.heartbeat_s)
+        self.connection: AbstractRobustConnection | None = None
+
+    async def start(self) -> None:
+        await self.mongo.ensure_indexes()
+        self.connection = await topology.connect(self.settings.amqp_url)
+        self.control = ControlBus(self.connection)
+        self.control.subscribe(self.cache.on_control)
+        self.control.subscribe(self.membership.on_control)
+        await self.control.start()
+        self.sync = SyncClient(self.connection)
+        await self.sync.start()
+
+    async def stop(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        await self.mongo.close()
+
+    async def tenant_for_key(self, api_key: str) -> Tenant | None:
+        digest = hash_key(api_key)
+        tenant = self.keys.get(digest)
+        if tenant is None:
+            tenant = await self.tenants.by_key(api_key)
+            if tenant is not None:
+                self.keys.put(digest, tenant)
+        return tenant

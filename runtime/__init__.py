@@ -1,0 +1,1 @@
+"""fnhost's host side: settings, models, store, broker, scheduler and warm pool."""

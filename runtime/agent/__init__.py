@@ -1,0 +1,1 @@
+"""The in-container agent: stdlib plus cloudpickle, copied into the runtime image."""

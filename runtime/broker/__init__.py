@@ -1,0 +1,1 @@
+"""RabbitMQ: connection, topology, the control bus and the sync RPC path."""

@@ -1,0 +1,65 @@
+"""Which schedulers are alive, and which one owns a tenant.
+
+Schedulers announce themselves on the control bus every `heartbeat_s`. A
+tenant's owner is chosen by rendezvous hashing over the live schedulers, so
+every gateway agrees without coordination, and a scheduler joining or leaving
+moves only the tenants it wins or held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import constants as c
+
+
+@dataclass
+class Member:
+    id: str
+    last_seen: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def rendezvous(key: str, members: list[str]) -> str | None:
+    """The member with the highest hash of (key, member): a pure function."""
+    best, best_score = None, b""
+    for member in members:
+        score = hashlib.blake2b(f"{key}\x00{member}".encode(), digest_size=8).digest()
+        if best is None or score > best_score:
+            best, best_score = member, score
+    return best
+
+
+class Membership:
+    def __init__(self, heartbeat_s: float, clock: Any = time.monotonic) -> None:
+        self._ttl = heartbeat_s * 3
+        self._clock = clock
+        self._members: dict[str, Member] = {}
+        self._owners: dict[str, str] = {}
+        self._live: tuple[str, ...] = ()
+
+    def on_control(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == c.CTL_HEARTBEAT:
+            sid = str(event["scheduler"])
+            self._members[sid] = Member(sid, self._clock(), event)
+        elif kind == c.CTL_SCHEDULER_DOWN:
+            self._members.pop(str(event["scheduler"]), None)
+
+    def live(self) -> list[Member]:
+        now = self._clock()
+        return [m for m in self._members.values() if now - m.last_seen <= self._ttl]
+
+    def owner(self, tenant: str) -> str | None:
+        live = tuple(sorted(m.id for m in self.live()))
+        if live != self._live:
+            self._live, self._owners = live, {}
+        owner = self._owners.get(tenant)
+        if owner is None:
+            owner = rendezvous(tenant, list(live))
+            if owner is not None:
+                self._owners[tenant] = owner
+        return owner

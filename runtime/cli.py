@@ -1,0 +1,190 @@
+"""`fnhost`: run the gateway, the scheduler, or the whole platform (`fnhost up`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+
+from runtime.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("fnhost")
+
+
+def _setup_logging(settings: Settings, role: str) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s",
+    )
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_gateway(settings: Settings) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from gateway.app import create_app
+
+    config = Config()
+    config.bind = [settings.bind]
+    config.accesslog = None
+    config.keep_alive_timeout = 75
+
+    async def main() -> None:
+        stop = _stop_event()
+        await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    uvloop.run(main())
+
+
+def run_scheduler(settings: Settings) -> None:
+    from runtime.scheduler.service import run_scheduler as run
+
+    async def main() -> None:
+        await run(settings, _stop_event())
+
+    uvloop.run(main())
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _admin_key(settings: Settings) -> tuple[str, str]:
+    """The admin key and where it came from; generated once and kept in the data dir."""
+    if settings.admin_key is not None:
+        return settings.admin_key.get_secret_value(), "FNHOST_ADMIN_KEY"
+    path = settings.data_dir / "admin-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip(), str(path)
+
+
+def _start_embedded_mongo(settings: Settings) -> subprocess.Popen[bytes] | None:
+    port = settings.embedded_mongo_port
+    if _port_open(port):
+        log.info("reusing the MongoDB-wire server already on 127.0.0.1:%d", port)
+        return None
+    storage = settings.data_dir / "mongo"
+    storage.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).with_name("secantusd-py")
+    if not exe.exists():
+        raise SystemExit(
+            "FNHOST_MONGO_URL is unset and the embedded server is not installed: "
+            "pip install 'fnhost[embedded]' or set FNHOST_MONGO_URL"
+        )
+    logfile = open(settings.data_dir / "mongo.log", "ab")
+    proc = subprocess.Popen(
+        [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)],
+        stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the embedded MongoDB-wire server did not start: see {logfile.name}")
+        time.sleep(0.1)
+    log.info("started the embedded MongoDB-wire server on 127.0.0.1:%d", port)
+    return proc
+
+
+def run_up(settings: Settings) -> None:
+    """The whole platform in the foreground; Ctrl-C or SIGTERM stops what it started."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key, key_source = _admin_key(settings)
+    mongo = _start_embedded_mongo(settings) if settings.mongo_url is None else None
+    env = {**os.environ, "FNHOST_ADMIN_KEY": key, "FNHOST_MONGO_URL": settings.effective_mongo_url}
+    roles = ("scheduler", "gateway")
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(role: str) -> None:
+        children[role] = subprocess.Popen([sys.executable, "-m", "runtime.cli", role], env=env)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    for role in roles:
+        spawn(role)
+    url = f"http://{settings.bind}"
+    key_hint = "$FNHOST_ADMIN_KEY" if key_source == "FNHOST_ADMIN_KEY" else f"$(cat {key_source})"
+    print(
+        f"\nfnhost is starting on {url}\n"
+        f"  admin key: {key_hint}\n"
+        f"  create a tenant: curl -s -X POST {url}/v1/tenants "
+        f"-H \"Authorization: Bearer {key_hint}\" -d '{{\"name\": \"demo\"}}'\n"
+        f"  readiness: curl -s {url}/readyz\n",
+        flush=True,
+    )
+    restarts: dict[str, float] = {}
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for role, proc in list(children.items()):
+                if proc.poll() is not None and not stopping:
+                    wait = 1.0 if time.monotonic() - restarts.get(role, 0) > 30 else 5.0
+                    log.warning("%s exited with %s; restarting in %.0f s", role, proc.returncode, wait)
+                    time.sleep(wait)
+                    restarts[role] = time.monotonic()
+                    spawn(role)
+    finally:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in children.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if mongo is not None:
+            mongo.terminate()
+            mongo.wait(timeout=30)
+        print("fnhost stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fnhost", description=__doc__)
+    parser.add_argument("command", choices=["up", "gateway", "scheduler", "check-settings"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"fnhost: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _setup_logging(settings, args.command)
+    if args.command == "up":
+        run_up(settings)
+    elif args.command == "gateway":
+        run_gateway(settings)
+    elif args.command == "scheduler":
+        run_scheduler(settings)
+    else:
+        print("settings are valid")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The warm pool: stem cells, specialised containers, keep-alive."""

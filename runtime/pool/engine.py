@@ -1,0 +1,136 @@
+"""The Docker engine, called off the event loop (the Docker SDK is synchronous)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+
+from runtime import constants as c
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int | None
+    oom_killed: bool
+
+
+class DockerEngine:
+    """Starts, resizes, kills and removes hardened function containers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._executor = ThreadPoolExecutor(settings.docker_threads, thread_name_prefix="docker")
+        self._client: docker.DockerClient | None = None
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker.DockerClient.from_env(version="auto", timeout=60)
+        return self._client
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(lambda: self.client.ping()))
+        except Exception:
+            return False
+
+    def _run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
+        s = self._settings
+        memory = f"{memory_mb}m"
+        container = self.client.api.create_container(
+            s.runtime_image,
+            name=f"fnhost-{name}",
+            user=c.CONTAINER_USER,
+            labels={c.LABEL_ROLE: "function", c.LABEL_SCHEDULER: s.scheduler_id, c.LABEL_CELL: name},
+            host_config=self.client.api.create_host_config(
+                binds={
+                    str(cell_dir / "run"): {"bind": c.CONTAINER_RUN_DIR, "mode": "ro"},
+                    str(cell_dir / "code"): {"bind": c.CONTAINER_CODE_DIR, "mode": "ro"},
+                },
+                read_only=True,
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.container_tmpfs_mb}m,mode=1777"},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=s.container_pids,
+                mem_limit=memory,
+                memswap_limit=memory,
+                nano_cpus=int(s.container_cpus * 1e9),
+                network_mode="none",
+                init=False,
+            ),
+        )
+        docker_id: str = container["Id"]
+        self.client.api.start(docker_id)
+        return docker_id
+
+    async def run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
+        """Create and start a hardened container for a cell; returns its id."""
+        return str(await self._call(self._run, name, cell_dir, memory_mb))
+
+    async def resize(self, docker_id: str, memory_mb: int) -> None:
+        memory = f"{memory_mb}m"
+        # Raising the limit must raise memory+swap first, lowering the other way round.
+        await self._call(
+            self.client.api.update_container, docker_id, mem_limit=memory, memswap_limit=memory
+        )
+
+    def _remove(self, docker_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(docker_id, force=True)
+
+    async def remove(self, docker_id: str) -> None:
+        """Kill and remove; a container already gone is fine."""
+        try:
+            await self._call(self._remove, docker_id)
+        except docker.errors.APIError as exc:
+            if "removal of container" in str(exc) and "already in progress" in str(exc):
+                return
+            log.warning("could not remove container %s: %s", docker_id[:12], exc)
+
+    async def kill(self, docker_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            await self._call(self.client.api.kill, docker_id)
+
+    async def exit_info(self, docker_id: str) -> ExitInfo:
+        try:
+            attrs = await self._call(self.client.api.inspect_container, docker_id)
+        except docker.errors.NotFound:
+            return ExitInfo(None, False)
+        state = attrs.get("State", {})
+        running = state.get("Running", False)
+        return ExitInfo(None if running else state.get("ExitCode"), bool(state.get("OOMKilled")))
+
+    async def list_owned(self) -> list[str]:
+        """Ids of containers left by an earlier run of this scheduler."""
+        filters = {"label": [f"{c.LABEL_SCHEDULER}={self._settings.scheduler_id}"]}
+        found = await self._call(self.client.api.containers, all=True, filters=filters)
+        return [str(item["Id"]) for item in found]
+
+    async def image_present(self) -> bool:
+        try:
+            await self._call(self.client.api.inspect_image, self._settings.runtime_image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()

@@ -1,0 +1,340 @@
+"""The warm pool of one scheduler host.
+
+Keeps `stem_cells` idle agent containers ready, hands out containers for
+invocations (warm reuse, else a stem cell specialised on demand, else a cold
+start), bounds containers per function (`max_concurrency`) and per host
+(`max_containers`), and removes containers idle past the keep-alive period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import constants as c
+from runtime.errors import Throttled, Unavailable
+from runtime.pool import select
+from runtime.pool.agent import AgentGone, CellSocket
+from runtime.pool.container import Container, FunctionKey, StartKind, State
+from runtime.pool.engine import DockerEngine
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What it takes to specialise a container for one function version."""
+
+    key: FunctionKey
+    handler: str
+    memory_mb: int
+    max_concurrency: int
+    timeout_s: float
+    bundle: Callable[[], Awaitable[Path]]
+    env: dict[str, str] = field(default_factory=dict)
+    pickle: str | None = None
+
+
+@dataclass
+class Lease:
+    container: Container
+    start: StartKind
+    init_ms: float = 0.0
+
+
+class InitError(Exception):
+    """The function could not be loaded (its handler failed to import)."""
+
+    def __init__(self, error: dict[str, Any], logs: bytes, start: StartKind) -> None:
+        super().__init__(error.get("errorMessage", "init failed"))
+        self.error = error
+        self.logs = logs
+        self.start = start
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link an unpacked bundle into a cell's code folder (copy across filesystems)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        target = dst / rel
+        for name in dirs:
+            (target / name).mkdir(mode=0o755, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(root) / name, target / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, target / name)
+
+
+class Pool:
+    def __init__(self, settings: Settings, engine: DockerEngine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._cells_root = settings.data_dir / "cells" / settings.scheduler_id
+        self._containers: dict[str, Container] = {}
+        self._changed = asyncio.Condition()
+        self._refill = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._seq = itertools.count(1)
+        self._closing = False
+        self.counters: Counter[str] = Counter()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        for docker_id in await self._engine.list_owned():
+            await self._engine.remove(docker_id)
+        if self._cells_root.exists():
+            await asyncio.to_thread(shutil.rmtree, self._cells_root, True)
+        self._cells_root.mkdir(parents=True, exist_ok=True)
+        self._background = [
+            asyncio.create_task(self._refill_loop(), name="pool-refill"),
+            asyncio.create_task(self._reap_loop(), name="pool-reaper"),
+        ]
+        self._refill.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._background:
+            task.cancel()
+        for container in list(self._containers.values()):
+            if container.state is not State.REMOVING:
+                self.discard(container)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- views -------------------------------------------------------------
+
+    @property
+    def containers(self) -> list[Container]:
+        return list(self._containers.values())
+
+    def stats(self) -> dict[str, Any]:
+        states = Counter(c.state.value for c in self._containers.values())
+        return {"containers": dict(states), **self.counters}
+
+    async def wait_for_stem_cells(self, count: int, timeout: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self._stem_count() >= count), timeout
+            )
+
+    def _stem_count(self) -> int:
+        return sum(1 for c in self._containers.values() if c.state is State.STEM)
+
+    # -- acquire / release -------------------------------------------------
+
+    async def acquire(self, spec: Spec, wait_s: float) -> Lease:
+        """A BUSY container bound to `spec.key`: warm, a specialised stem cell, or cold."""
+        deadline = time.monotonic() + wait_s
+        failures = 0
+        while True:
+            containers = self._containers.values()
+            warm = select.warm(containers, spec.key)
+            if warm is not None:
+                warm.to(State.BUSY)
+                self.counters["warm_starts"] += 1
+                return Lease(warm, StartKind.WARM)
+            if select.bound_count(containers, spec.key) < spec.max_concurrency:
+                stem = select.stem(containers, spec.memory_mb)
+                container: Container | None = None
+                kind = StartKind.STEM
+                if stem is not None:
+                    stem.to(State.SPECIALISING)
+                    stem.bind(spec.key)
+                    container = stem
+                    self._refill.set()
+                elif self._make_room(spec.key):
+                    container = self._new_container(spec.memory_mb, spec.key)
+                    kind = StartKind.COLD
+                if container is not None:
+                    try:
+                        return await self._prepare(container, spec, kind)
+                    except AgentGone:
+                        # A stem cell that died while idle: try the next one.
+                        failures += 1
+                        if failures >= 3:
+                            raise Unavailable("containers keep failing to start") from None
+                        continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if select.bound_count(self._containers.values(), spec.key) >= spec.max_concurrency:
+                    raise Throttled(
+                        f"function {spec.key.function} is at its max_concurrency "
+                        f"({spec.max_concurrency})"
+                    )
+                raise Unavailable("no container capacity on this host", retry_after_s=2)
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _make_room(self, key: FunctionKey) -> bool:
+        if select.live_count(self._containers.values()) < self._settings.max_containers:
+            return True
+        victim = select.evictable(self._containers.values(), key)
+        if victim is None:
+            return False
+        self.counters["evictions"] += 1
+        self.discard(victim)
+        return True
+
+    async def _prepare(self, container: Container, spec: Spec, kind: StartKind) -> Lease:
+        started = time.perf_counter()
+        try:
+            if kind is StartKind.COLD:
+                await self._boot(container)
+                container.to(State.SPECIALISING)
+            await self._specialise(container, spec, kind)
+        except BaseException:
+            if container.state is not State.REMOVING:
+                self.discard(container)
+            raise
+        container.to(State.BUSY)
+        self.counters[f"{kind.value}_starts"] += 1
+        return Lease(container, kind, (time.perf_counter() - started) * 1000)
+
+    async def _specialise(self, container: Container, spec: Spec, kind: StartKind) -> None:
+        bundle_dir = await spec.bundle()
+        await asyncio.to_thread(link_tree, bundle_dir, container.code_dir)
+        if container.memory_mb != spec.memory_mb:
+            assert container.docker_id is not None
+            await self._engine.resize(container.docker_id, spec.memory_mb)
+            container.memory_mb = spec.memory_mb
+        assert container.agent is not None
+        header, logs = await container.agent.request(
+            {
+                "op": "init",
+                "handler": spec.handler,
+                "pickle": spec.pickle,
+                "code_dir": c.CONTAINER_CODE_DIR,
+                "env": spec.env,
+                "function": spec.key.function,
+                "version": spec.key.version,
+                "memory_mb": spec.memory_mb,
+                "log_limit": self._settings.log_limit_bytes,
+            }
+        )
+        if not header.get("ok"):
+            self.counters["init_errors"] += 1
+            raise InitError(header.get("error") or {}, logs, kind)
+
+    def release(self, container: Container) -> None:
+        """Back to READY after an invocation that left the container healthy."""
+        container.invocations += 1
+        if container.state is State.BUSY:
+            container.to(State.READY)
+            self._notify()
+
+    def discard(self, container: Container) -> None:
+        """Remove a container (crashed, timed out, idle, or evicted); never reused."""
+        if container.state is State.REMOVING:
+            return
+        container.to(State.REMOVING)
+        if container.agent is not None:
+            container.agent.close()
+        self._spawn(self._destroy(container))
+        self._refill.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._spawn(self._notify_all())
+
+    async def _notify_all(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- containers ---------------------------------------------------------
+
+    def _new_container(self, memory_mb: int, key: FunctionKey | None = None) -> Container:
+        name = f"{self._settings.scheduler_id}-{next(self._seq)}-{secrets.token_hex(3)}"
+        container = Container(name=name, cell_dir=self._cells_root / name, memory_mb=memory_mb)
+        if key is not None:
+            container.bind(key)
+        self._containers[name] = container
+        return container
+
+    async def _boot(self, container: Container) -> None:
+        """Start the container and wait for its agent's hello."""
+        for folder in (container.cell_dir, container.run_dir, container.code_dir):
+            folder.mkdir(mode=0o755, exist_ok=True)
+        socket = CellSocket(container.run_dir)
+        await socket.listen()
+        try:
+            container.docker_id = await self._engine.run(
+                container.name, container.cell_dir, container.memory_mb
+            )
+            container.agent = await socket.accept(self._settings.container_start_timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"container did not start within {self._settings.container_start_timeout_s:.0f} s"
+            ) from None
+        finally:
+            socket.close()
+
+    async def _destroy(self, container: Container) -> None:
+        try:
+            if container.docker_id is not None:
+                await self._engine.remove(container.docker_id)
+            await asyncio.to_thread(shutil.rmtree, container.cell_dir, True)
+        finally:
+            self._containers.pop(container.name, None)
+            self.counters["removed"] += 1
+
+    async def _start_stem(self) -> None:
+        container = self._new_container(self._settings.stem_memory_mb)
+        try:
+            await self._boot(container)
+        except BaseException as exc:
+            log.warning("stem cell %s failed to start: %s", container.name, exc)
+            self.discard(container)
+            raise
+        if container.state is State.STARTING:
+            container.to(State.STEM)
+            self._notify()
+
+    async def _refill_loop(self) -> None:
+        target = self._settings.stem_cells
+        while not self._closing:
+            await self._refill.wait()
+            self._refill.clear()
+            containers = self._containers.values()
+            pending = sum(
+                1 for c in containers if c.key is None and c.state in (State.STEM, State.STARTING)
+            )
+            room = self._settings.max_containers - select.live_count(containers)
+            missing = min(target - pending, room)
+            if missing <= 0:
+                continue
+            results = await asyncio.gather(
+                *(self._start_stem() for _ in range(missing)), return_exceptions=True
+            )
+            if any(isinstance(r, BaseException) for r in results):
+                await asyncio.sleep(1.0)
+            self._refill.set()
+
+    async def _reap_loop(self) -> None:
+        keep_alive = self._settings.keep_alive_s
+        interval = min(1.0, keep_alive / 4)
+        while not self._closing:
+            await asyncio.sleep(interval)
+            for container in select.expired(self._containers.values(), time.monotonic(), keep_alive):
+                self.counters["expired"] += 1
+                self.discard(container)

@@ -1,0 +1,1 @@
+"""The scheduler: consumes invocations, runs them in the warm pool, answers."""

@@ -1,0 +1,134 @@
+"""Runs one invocation in the pool: acquire, invoke with a deadline, release or discard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runtime.pool.agent import AgentGone
+from runtime.pool.container import FunctionKey, StartKind
+from runtime.pool.engine import DockerEngine
+from runtime.pool.pool import InitError, Pool, Spec
+from runtime.scheduler.bundle_cache import BundleCache
+from runtime.store.functions import FunctionRecord
+
+OK = "ok"
+FUNCTION_ERROR = "function_error"
+TIMEOUT = "timeout"
+
+
+@dataclass
+class Outcome:
+    """What happened to one invocation, as the gateway or a task record needs it."""
+
+    status: str
+    body: bytes
+    content_type: str
+    logs: bytes = b""
+    start: StartKind = StartKind.WARM
+    container: str = ""
+    init_ms: float = 0.0
+    run_ms: float = 0.0
+    retryable: bool = True
+    error: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def failed(cls, status: str, error: dict[str, Any], **kwargs: Any) -> Outcome:
+        return cls(status, orjson.dumps(error), "application/json", error=error, **kwargs)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    request_id: str
+    payload: bytes
+    content_type: str
+    task_id: str | None = None
+    attempt: int = 1
+
+
+class Invoker:
+    def __init__(self, pool: Pool, engine: DockerEngine, bundles: BundleCache, wait_s: float):
+        self._pool = pool
+        self._engine = engine
+        self._bundles = bundles
+        self._wait_s = wait_s
+
+    def spec(self, record: FunctionRecord) -> Spec:
+        config = record.config
+
+        async def bundle() -> Path:
+            return await self._bundles.ensure(record.tenant, record.sha256)
+
+        return Spec(
+            key=FunctionKey(record.tenant, record.name, record.version),
+            handler=config.handler,
+            memory_mb=config.memory_mb,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            bundle=bundle,
+            env=dict(config.env),
+            pickle=record.pickle,
+        )
+
+    async def invoke(self, record: FunctionRecord, invocation: Invocation) -> Outcome:
+        """Run it; raises only for platform errors (no capacity, Docker down)."""
+        spec = self.spec(record)
+        try:
+            lease = await self._pool.acquire(spec, self._wait_s)
+        except InitError as exc:
+            return Outcome.failed(
+                FUNCTION_ERROR, exc.error, logs=exc.logs, start=exc.start, retryable=False
+            )
+        container = lease.container
+        assert container.agent is not None
+        timeout = spec.timeout_s
+        header = {
+            "op": "invoke",
+            "request_id": invocation.request_id,
+            "task_id": invocation.task_id,
+            "deadline_ms": int(time.time() * 1000 + timeout * 1000),
+            "attempt": invocation.attempt,
+            "content_type": invocation.content_type,
+        }
+        common = {"start": lease.start, "container": container.short_id, "init_ms": lease.init_ms}
+        started = time.perf_counter()
+        try:
+            answer, body = await asyncio.wait_for(
+                container.agent.request(header, invocation.payload), timeout
+            )
+        except TimeoutError:
+            self._pool.discard(container)
+            error = {
+                "errorType": "Timeout",
+                "errorMessage": f"Task timed out after {timeout:.2f} seconds",
+                "stackTrace": [],
+            }
+            return Outcome.failed(TIMEOUT, error, run_ms=timeout * 1000, **common)
+        except AgentGone:
+            run_ms = (time.perf_counter() - started) * 1000
+            info = await self._engine.exit_info(container.docker_id or "")
+            self._pool.discard(container)
+            if info.oom_killed:
+                message = f"the function ran out of memory ({spec.memory_mb} MB) and was killed"
+            else:
+                message = f"the function's process exited (exit code {info.exit_code})"
+            error = {"errorType": "Runtime.ExitError", "errorMessage": message, "stackTrace": []}
+            return Outcome.failed(FUNCTION_ERROR, error, run_ms=run_ms, **common)
+        run_ms = (time.perf_counter() - started) * 1000
+        self._pool.release(container)
+        result_len = int(answer.get("result_len", 0))
+        logs = body[result_len:]
+        if answer.get("ok"):
+            return Outcome(
+                OK, body[:result_len], str(answer.get("content_type")), logs=logs,
+                run_ms=run_ms, **common,
+            )
+        return Outcome.failed(
+            FUNCTION_ERROR, answer.get("error") or {}, logs=logs, run_ms=run_ms,
+            retryable=bool(answer.get("retryable", True)), **common,
+        )

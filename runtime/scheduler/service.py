@@ -1,0 +1,102 @@
+"""Wires one scheduler process together and runs it until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from runtime import constants as c
+from runtime.broker import topology
+from runtime.broker.control import ControlBus
+from runtime.cache import FunctionCache
+from runtime.pool.engine import DockerEngine
+from runtime.pool.pool import Pool
+from runtime.scheduler.bundle_cache import BundleCache
+from runtime.scheduler.invoker import Invoker
+from runtime.scheduler.sync import SyncServer
+from runtime.settings import Settings
+from runtime.store.functions import FunctionStore
+from runtime.store.mongo import Mongo
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mongo = Mongo(settings)
+        self.functions = FunctionStore(self.mongo)
+        self.cache = FunctionCache(self.functions)
+        self.bundles = BundleCache(settings, self.functions)
+        self.engine = DockerEngine(settings)
+        self.pool = Pool(settings, self.engine)
+        self.invoker = Invoker(self.pool, self.engine, self.bundles, settings.sync_wait_s)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._started = time.time()
+
+    async def start(self) -> None:
+        if not await self.engine.ping():
+            raise RuntimeError("the Docker engine is not reachable (is dockerd running?)")
+        if not await self.engine.image_present():
+            raise RuntimeError(
+                f"runtime image {self.settings.runtime_image} is missing: run scripts/build-image"
+            )
+        await self.mongo.ping()
+        self.connection = await topology.connect(self.settings.amqp_url)
+        self.control = ControlBus(self.connection)
+        self.control.subscribe(self.cache.on_control)
+        self.control.subscribe(self._prefetch)
+        await self.control.start()
+        await self.pool.start()
+        self.sync = SyncServer(
+            self.settings.scheduler_id, self.cache, self.invoker, self.settings.sync_concurrency
+        )
+        await self.sync.start(self.connection)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        log.info("scheduler %s ready", self.settings.scheduler_id)
+
+    async def _prefetch(self, event: dict[str, Any]) -> None:
+        """Unpack a new version's bundle as soon as it is uploaded, off the invoke path."""
+        if event.get("kind") == c.CTL_FUNCTION and event.get("sha256"):
+            with contextlib.suppress(Exception):
+                await self.bundles.ensure(str(event["tenant"]), str(event["sha256"]))
+
+    async def _heartbeat_loop(self) -> None:
+        docker_ok = True
+        beats = 0
+        while True:
+            if beats % 10 == 0:
+                docker_ok = await self.engine.ping()
+            beats += 1
+            with contextlib.suppress(Exception):
+                await self.control.publish(
+                    c.CTL_HEARTBEAT,
+                    scheduler=self.settings.scheduler_id,
+                    docker=docker_ok,
+                    started=self._started,
+                    pool=self.pool.stats(),
+                )
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        with contextlib.suppress(Exception):
+            await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        self.engine.close()
+        await self.mongo.close()
+
+
+async def run_scheduler(settings: Settings, stop: asyncio.Event) -> None:
+    scheduler = Scheduler(settings)
+    await scheduler.start()
+    try:
+        await stop.wait()
+    finally:
+        await scheduler.stop()

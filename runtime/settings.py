@@ -1,0 +1,99 @@
+"""The one settings object (FNHOST_* environment variables), built once at start-up."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MB = 1 << 20
+
+
+class SettingsError(Exception):
+    """A setting with a bad value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FNHOST_", extra="ignore", frozen=True)
+
+    # Where things are.
+    bind: str = "127.0.0.1:8080"
+    admin_key: SecretStr | None = None
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mongo_url: str | None = None
+    mongo_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,60}$")] = "fnhost"
+    embedded_mongo_port: Annotated[int, Field(ge=1, le=65535)] = 27017
+    data_dir: Path = Path("/var/lib/fnhost")
+    log_level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
+
+    # Scheduler and warm pool.
+    scheduler_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0][:48] or "scheduler"
+    )
+    runtime_image: str = "fnhost/python3.11"
+    stem_cells: Annotated[int, Field(ge=0, le=256)] = 4
+    max_containers: Annotated[int, Field(ge=1, le=4096)] = 64
+    keep_alive_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    container_cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
+    container_pids: Annotated[int, Field(ge=16, le=65536)] = 256
+    container_tmpfs_mb: Annotated[int, Field(ge=1, le=65536)] = 64
+    stem_memory_mb: Annotated[int, Field(ge=64, le=16384)] = 256
+    container_start_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    docker_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    sync_concurrency: Annotated[int, Field(ge=1, le=100000)] = 1024
+    heartbeat_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    # Limits.
+    sync_payload_limit: Annotated[int, Field(ge=1024)] = 6 * MB
+    async_payload_limit: Annotated[int, Field(ge=1024)] = 1 * MB
+    bundle_max_bytes: Annotated[int, Field(ge=1024)] = 50 * MB
+    bundle_max_unpacked_bytes: Annotated[int, Field(ge=1024)] = 250 * MB
+    bundle_max_entries: Annotated[int, Field(ge=1)] = 10000
+    log_limit_bytes: Annotated[int, Field(ge=4096, le=16 * MB)] = 256 * 1024
+    sync_wait_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("expected an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _check_mongo(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("expected a mongodb:// URL")
+        return value
+
+    @property
+    def effective_mongo_url(self) -> str:
+        return self.mongo_url or f"mongodb://127.0.0.1:{self.embedded_mongo_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings; a bad value raises SettingsError naming the FNHOST_ variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            value = os.environ.get(f"FNHOST_{field.upper()}")
+            shown = f" (got {value!r})" if value is not None else ""
+            lines.append(f"FNHOST_{field.upper()}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""MongoDB store: tenants and keys, functions and versions, bundles in GridFS."""
