@@ -11,7 +11,7 @@ INVOCATIONS = Counter(
 )
 INVOKE_SECONDS = Histogram(
     "fnhost_sync_invoke_seconds",
-    "Time from publishing a sync invocation to its reply",
+    "Time from sending a sync invocation to the scheduler to its reply",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractRobustConnection
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
 from runtime.broker.membership import Membership
-from runtime.broker.rpc import SyncClient
 from runtime.cache import FunctionCache
+from runtime.hop import HopClient
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
@@ -53,10 +53,11 @@ class Services:
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)
         await self.control.start()
-        self.sync = SyncClient(self.connection)
-        await self.sync.start()
+        self.hop = HopClient(self.settings.cluster_token)
 
     async def stop(self) -> None:
+        if hasattr(self, "hop"):
+            self.hop.close()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
     # Where things are.
     bind: str = "127.0.0.1:8080"
     admin_key: SecretStr | None = None
+    cluster_secret: SecretStr | None = None
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     mongo_url: str | None = None
     mongo_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,60}$")] = "fnhost"
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     scheduler_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
         default_factory=lambda: socket.gethostname().split(".")[0][:48] or "scheduler"
     )
+    scheduler_bind: str = "127.0.0.1:0"
+    scheduler_advertise: str | None = None
     runtime_image: str = "fnhost/python3.11"
     stem_cells: Annotated[int, Field(ge=0, le=256)] = 4
     max_containers: Annotated[int, Field(ge=1, le=4096)] = 64
@@ -56,11 +60,11 @@ class Settings(BaseSettings):
     log_limit_bytes: Annotated[int, Field(ge=4096, le=16 * MB)] = 256 * 1024
     sync_wait_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
-    @field_validator("bind")
+    @field_validator("bind", "scheduler_bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
         return value
 
@@ -79,6 +83,16 @@ class Settings(BaseSettings):
         if not value.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("expected a mongodb:// URL")
         return value
+
+    @property
+    def cluster_token(self) -> str:
+        """What gateways show schedulers on the sync link: from the cluster secret or admin key."""
+        secret = self.cluster_secret or self.admin_key
+        if secret is None:
+            raise SettingsError(
+                "FNHOST_CLUSTER_SECRET: set it (or FNHOST_ADMIN_KEY) on gateways and schedulers"
+            )
+        return hashlib.sha256(f"fnhost-cluster:{secret.get_secret_value()}".encode()).hexdigest()
 
     @property
     def effective_mongo_url(self) -> str:

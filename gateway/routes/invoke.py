@@ -1,12 +1,13 @@
 """POST /v1/functions/{name}/invocations: sync (RequestResponse) and DryRun.
 
 The path is linear: resolve the function from the cache, bound the payload,
-pick the scheduler that owns the tenant, RPC, answer. No MongoDB round trip
-on a warm path.
+pick the scheduler that owns the tenant, send it over the direct hop, answer.
+No MongoDB round trip on a warm path.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from gateway.body import read_limited
 from gateway.metrics import INVOCATIONS, INVOKE_SECONDS
 from gateway.state import Services
 from runtime import constants as c
-from runtime.errors import BadRequest, FnhostError, NotFound, NotImplementedYet, Unavailable
+from runtime.errors import BadRequest, NotFound, NotImplementedYet, Unavailable
 from runtime.store.tenants import Tenant
 
 SYNC, ASYNC, DRY_RUN = "RequestResponse", "Event", "DryRun"
@@ -69,35 +70,30 @@ async def invoke(request: Request) -> Response:
     if kind == ASYNC:
         raise NotImplementedYet("asynchronous invocations are not available in this release yet")
     owner = services.membership.owner(tenant.id)
-    if owner is None:
+    address = services.membership.address(owner) if owner is not None else None
+    if address is None:
         raise Unavailable("no scheduler is available", retry_after_s=2)
-    headers = {
+    header = {
         c.H_TENANT: tenant.id,
         c.H_FUNCTION: name,
         c.H_REVISION: record.revision,
         c.H_REQUEST_ID: request_id,
+        "content_type": request.headers.get("content-type"),
     }
     if tail:
-        headers[c.H_LOG_TAIL] = True
-    with INVOKE_SECONDS.time():
-        reply = await services.sync.call(
-            owner,
-            payload,
-            headers,
-            content_type=request.headers.get("content-type"),
-            timeout=record.config.timeout_s + SYNC_MARGIN_S,
-        )
-    meta = reply.headers or {}
+        header[c.H_LOG_TAIL] = True
+    started = time.perf_counter()
+    meta, body = await services.hop.call(
+        address, header, payload, timeout=record.config.timeout_s + SYNC_MARGIN_S
+    )
+    INVOKE_SECONDS.observe(time.perf_counter() - started)
     status = str(meta.get("status"))
     INVOCATIONS.labels(SYNC, status).inc()
     if status == "error":
-        err = FnhostError("")
-        err.status = int(meta.get("error_status", 500))  # type: ignore[arg-type]
-        response = Response(reply.body, err.status, media_type="application/json")
+        headers = {c.HTTP_REQUEST_ID: request_id}
         if "retry_after" in meta:
-            response.headers["Retry-After"] = str(meta["retry_after"])
-        response.headers[c.HTTP_REQUEST_ID] = request_id
-        return response
+            headers["Retry-After"] = str(meta["retry_after"])
+        return Response(body, int(meta.get("error_status", 500)), headers, "application/json")
     out = {
         c.HTTP_REQUEST_ID: request_id,
         c.HTTP_START: str(meta.get("start")),
@@ -110,7 +106,7 @@ async def invoke(request: Request) -> Response:
         out[c.HTTP_FUNCTION_ERROR] = "Timeout"
     if tail:
         out[c.HTTP_LOG_RESULT] = str(meta.get("log_tail", ""))
-    return Response(reply.body, 200, headers=out, media_type=reply.content_type)
+    return Response(body, 200, headers=out, media_type=str(meta.get("content_type")))
 
 
 routes = [Route("/v1/functions/{name}/invocations", invoke, methods=["POST"])]

@@ -100,7 +100,7 @@ class _CaptureBinary(io.RawIOBase):
         return len(raw)
 
     def fileno(self) -> int:
-        return self._text.original.fileno()
+        return int(self._text.original.fileno())
 
 
 class _CaptureText(io.TextIOBase):
@@ -284,21 +284,27 @@ class Agent:
         self.memory_mb = 0
         self.log_limit = DEFAULT_LOG_LIMIT
 
-    # One answer frame per request frame.
     def handle(self, header: dict[str, Any], body: bytes) -> bytes:
+        """Exactly one answer frame per request frame, whatever goes wrong."""
+        global _sink
         op = header.get("op")
-        if op == "invoke":
-            return self.invoke(header, body)
-        if op == "init":
-            return self.init(header)
-        return _failure(_error("Runtime.UnknownOperation", f"unknown op {op!r}"), retryable=False)
+        try:
+            if op == "invoke":
+                return self.invoke(header, body)
+            if op == "init":
+                return self.init(header)
+            error = _error("Runtime.UnknownOperation", f"unknown op {op!r}")
+        except Exception as exc:  # a malformed request: answer it, keep serving
+            _sink = None
+            error = _error("Runtime.AgentError", f"{op}: {type(exc).__name__}: {_str(exc)}")
+        return _failure(error, retryable=False)
 
     # ---------------------------------------------------------------- init
     def init(self, header: dict[str, Any]) -> bytes:
         global _sink
         if self.handler is not None:
-            error = _error("Runtime.AlreadyInitialized", "this agent already has a handler")
-            return _failure(error, retryable=False)
+            message = "this agent already has a handler"
+            return _failure(_error("Runtime.AlreadyInitialized", message), retryable=False)
         limit = header.get("log_limit")
         try:
             self.log_limit = DEFAULT_LOG_LIMIT if limit is None else max(0, int(limit))
@@ -417,8 +423,8 @@ class Agent:
     def invoke(self, header: dict[str, Any], body: bytes) -> bytes:
         global _sink
         if self.handler is None:
-            error = _error("Runtime.NotInitialized", "invoke before a successful init")
-            return _failure(error, retryable=True)
+            message = "invoke before a successful init"
+            return _failure(_error("Runtime.NotInitialized", message), retryable=True)
         content_type = header.get("content_type")
         if is_json_type(content_type):
             if body.strip():

@@ -53,6 +53,10 @@ class Membership:
         now = self._clock()
         return [m for m in self._members.values() if now - m.last_seen <= self._ttl]
 
+    def address(self, scheduler_id: str) -> str | None:
+        member = self._members.get(scheduler_id)
+        return None if member is None else member.info.get("address")
+
     def owner(self, tenant: str) -> str | None:
         live = tuple(sorted(m.id for m in self.live()))
         if live != self._live:

@@ -12,11 +12,12 @@ from runtime import constants as c
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
 from runtime.cache import FunctionCache
+from runtime.hop import HopServer
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
 from runtime.scheduler.bundle_cache import BundleCache
 from runtime.scheduler.invoker import Invoker
-from runtime.scheduler.sync import SyncServer
+from runtime.scheduler.sync import SyncHandler
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
@@ -51,10 +52,11 @@ class Scheduler:
         self.control.subscribe(self._prefetch)
         await self.control.start()
         await self.pool.start()
-        self.sync = SyncServer(
-            self.settings.scheduler_id, self.cache, self.invoker, self.settings.sync_concurrency
+        self.hop = HopServer(
+            self.settings.cluster_token,
+            SyncHandler(self.cache, self.invoker, self.settings.sync_concurrency)
         )
-        await self.sync.start(self.connection)
+        await self.hop.start(self.settings.scheduler_bind, self.settings.scheduler_advertise)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         log.info("scheduler %s ready", self.settings.scheduler_id)
 
@@ -75,6 +77,7 @@ class Scheduler:
                 await self.control.publish(
                     c.CTL_HEARTBEAT,
                     scheduler=self.settings.scheduler_id,
+                    address=self.hop.address,
                     docker=docker_ok,
                     started=self._started,
                     pool=self.pool.stats(),
@@ -86,6 +89,7 @@ class Scheduler:
             self._heartbeat.cancel()
         with contextlib.suppress(Exception):
             await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
+        await self.hop.close()
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.connection.close()

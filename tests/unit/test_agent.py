@@ -178,9 +178,7 @@ class AgentProcess:
         n = answer["result_len"]
         return answer, payload[:n], payload[n:]
 
-    def result(
-        self, body: bytes = b"", content_type: str | None = "application/json", **extra: Any
-    ) -> bytes:
+    def result(self, body: bytes = b"", content_type: str | None = "application/json", **extra: Any) -> bytes:
         answer, result, _ = self.invoke(body, content_type, **extra)
         assert answer["ok"], answer
         return result
@@ -328,6 +326,14 @@ def test_unknown_op_keeps_serving(agent: AgentProcess) -> None:
     loaded(agent, "handlers.nothing")
 
 
+def test_malformed_request_is_answered(agent: AgentProcess) -> None:
+    loaded(agent, "handlers.echo")
+    answer, _, _ = agent.invoke(b"{}", attempt="first")
+    assert answer["ok"] is False
+    assert answer["error"]["errorType"] == "Runtime.AgentError"
+    assert agent.result(b"[1]") == b"[1]"
+
+
 # ---------------------------------------------------------------- payloads
 
 
@@ -441,9 +447,7 @@ def test_handler_exception(agent: AgentProcess) -> None:
 @pytest.mark.parametrize(
     ("handler", "error_type"), [("exits", "SystemExit"), ("interrupted", "KeyboardInterrupt")]
 )
-def test_system_exit_and_interrupt_are_errors(
-    agent: AgentProcess, handler: str, error_type: str
-) -> None:
+def test_system_exit_and_interrupt_are_errors(agent: AgentProcess, handler: str, error_type: str) -> None:
     loaded(agent, f"handlers.{handler}")
     for _ in range(2):
         answer, _, _ = agent.invoke(b"{}")
@@ -457,9 +461,7 @@ def test_system_exit_and_interrupt_are_errors(
 def test_context(agent: AgentProcess) -> None:
     loaded(agent, "handlers.ctx", function="thumbs", version="abc123", memory_mb=512)
     deadline = int(time.time() * 1000) + 5_000
-    result = agent.result(
-        b"{}", request_id="req-42", task_id="task-7", attempt=3, deadline_ms=deadline
-    )
+    result = agent.result(b"{}", request_id="req-42", task_id="task-7", attempt=3, deadline_ms=deadline)
     data = json.loads(result)
     assert data["request_id"] == "req-42"
     assert data["task_id"] == "task-7"
