@@ -42,6 +42,7 @@ HTTP_LOG_RESULT = "X-Log-Result"
 HTTP_START = "X-Fnhost-Start"  # warm | stem | cold
 HTTP_CONTAINER = "X-Fnhost-Container"
 HTTP_VERSION = "X-Fnhost-Version"
+HTTP_TIMINGS = "Server-Timing"  # init (specialisation) and run time in ms
 LOG_TAIL_BYTES = 4096
 
 # Docker.

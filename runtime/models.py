@@ -55,7 +55,7 @@ class FunctionConfig(_Strict):
 
     handler: Annotated[str, Field(pattern=HANDLER_RE.pattern, max_length=256)] = "main.handler"
     runtime: Literal["python3.11"] = "python3.11"
-    memory_mb: Annotated[int, Field(ge=64, le=16384)] = 256
+    memory_mb: Annotated[int, Field(ge=64, le=16384)] = 128
     timeout_s: Annotated[float, Field(gt=0, le=900)] = 30
     max_concurrency: Annotated[int, Field(ge=1, le=1000)] = 10
     env: dict[str, str] = Field(default_factory=dict)

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     container_cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
     container_pids: Annotated[int, Field(ge=16, le=65536)] = 256
     container_tmpfs_mb: Annotated[int, Field(ge=1, le=65536)] = 64
-    stem_memory_mb: Annotated[int, Field(ge=64, le=16384)] = 256
+    stem_memory_mb: Annotated[int, Field(ge=64, le=16384)] = 128
     container_start_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
     docker_threads: Annotated[int, Field(ge=1, le=256)] = 8
     sync_concurrency: Annotated[int, Field(ge=1, le=100000)] = 1024

@@ -99,6 +99,7 @@ async def invoke(request: Request) -> Response:
         c.HTTP_START: str(meta.get("start")),
         c.HTTP_CONTAINER: str(meta.get("container")),
         c.HTTP_VERSION: str(meta.get("version")),
+        c.HTTP_TIMINGS: f"init;dur={meta.get('init_ms', 0)}, run;dur={meta.get('run_ms', 0)}",
     }
     if status == "function_error":
         out[c.HTTP_FUNCTION_ERROR] = "Unhandled"

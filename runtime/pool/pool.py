@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import constants as c
+from runtime.agent.protocol import SOCKET_NAME
 from runtime.errors import Throttled, Unavailable
 from runtime.pool import select
 from runtime.pool.agent import AgentGone, CellSocket
@@ -31,6 +32,8 @@ from runtime.pool.engine import DockerEngine
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
+REFILL_DELAY_S = 0.05
+MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ def link_tree(src: Path, dst: Path) -> None:
                 shutil.copy2(Path(root) / name, target / name)
 
 
+def _removed(container: Container) -> bool:
+    """Whether the container was discarded (its state can change across an await)."""
+    return container.state is State.REMOVING
+
+
 class Pool:
     def __init__(self, settings: Settings, engine: DockerEngine) -> None:
         self._settings = settings
@@ -95,6 +103,7 @@ class Pool:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        self._check_socket_path()
         for docker_id in await self._engine.list_owned():
             await self._engine.remove(docker_id)
         if self._cells_root.exists():
@@ -106,10 +115,22 @@ class Pool:
         ]
         self._refill.set()
 
+    def _check_socket_path(self) -> None:
+        # A unix socket path is at most 107 bytes on Linux; fail clearly at start-up
+        # rather than with every stem cell failing in the background.
+        longest = self._cells_root / f"{10**9}-{'f' * 6}" / "run" / SOCKET_NAME
+        if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+            raise RuntimeError(
+                f"container socket paths under {self._cells_root} would be longer than "
+                f"{MAX_SOCKET_PATH} bytes: use a shorter FNHOST_DATA_DIR or FNHOST_SCHEDULER_ID"
+            )
+
     async def close(self) -> None:
         self._closing = True
         for task in self._background:
             task.cancel()
+        # Let cancelled stem-cell starts unwind first, so none of them outlives close().
+        await asyncio.gather(*self._background, return_exceptions=True)
         for container in list(self._containers.values()):
             if container.state is not State.REMOVING:
                 self.discard(container)
@@ -142,6 +163,8 @@ class Pool:
         deadline = time.monotonic() + wait_s
         failures = 0
         while True:
+            if self._closing:
+                raise Unavailable("this scheduler's pool is shutting down", retry_after_s=2)
             containers = self._containers.values()
             warm = select.warm(containers, spec.key)
             if warm is not None:
@@ -264,8 +287,11 @@ class Pool:
     # -- containers ---------------------------------------------------------
 
     def _new_container(self, memory_mb: int, key: FunctionKey | None = None) -> Container:
-        name = f"{self._settings.scheduler_id}-{next(self._seq)}-{secrets.token_hex(3)}"
-        container = Container(name=name, cell_dir=self._cells_root / name, memory_mb=memory_mb)
+        cell = f"{next(self._seq)}-{secrets.token_hex(3)}"
+        name = f"{self._settings.scheduler_id}-{cell}"
+        # The cell folder is already under the scheduler's own root: a short name keeps
+        # the unix socket path inside it below the kernel's 107-byte limit.
+        container = Container(name=name, cell_dir=self._cells_root / cell, memory_mb=memory_mb)
         if key is not None:
             container.bind(key)
         self._containers[name] = container
@@ -278,16 +304,33 @@ class Pool:
         socket = CellSocket(container.run_dir)
         await socket.listen()
         try:
-            container.docker_id = await self._engine.run(
-                container.name, container.cell_dir, container.memory_mb
+            run = asyncio.ensure_future(
+                self._engine.run(container.name, container.cell_dir, container.memory_mb)
             )
+            try:
+                container.docker_id = await asyncio.shield(run)
+            except asyncio.CancelledError:
+                # The create goes on in the engine's thread: remove what it makes.
+                self._spawn(self._remove_when_created(run))
+                raise
+            if _removed(container):
+                # Discarded (the pool is closing) while Docker was creating it.
+                self._spawn(self._engine.remove(container.docker_id))
+                raise Unavailable("the container was removed while it started")
             container.agent = await socket.accept(self._settings.container_start_timeout_s)
+            if _removed(container):
+                container.agent.close()
+                raise Unavailable("the container was removed while it started")
         except TimeoutError:
             raise Unavailable(
                 f"container did not start within {self._settings.container_start_timeout_s:.0f} s"
             ) from None
         finally:
             socket.close()
+
+    async def _remove_when_created(self, run: asyncio.Future[str]) -> None:
+        with contextlib.suppress(Exception):
+            await self._engine.remove(await run)
 
     async def _destroy(self, container: Container) -> None:
         try:
@@ -303,7 +346,8 @@ class Pool:
         try:
             await self._boot(container)
         except BaseException as exc:
-            log.warning("stem cell %s failed to start: %s", container.name, exc)
+            if not self._closing:
+                log.warning("stem cell %s failed to start: %s", container.name, exc)
             self.discard(container)
             raise
         if container.state is State.STARTING:
@@ -314,6 +358,9 @@ class Pool:
         target = self._settings.stem_cells
         while not self._closing:
             await self._refill.wait()
+            # Starting a container loads both cores for ~200 ms; let the invocation
+            # that just claimed a stem cell finish its specialisation first.
+            await asyncio.sleep(REFILL_DELAY_S)
             self._refill.clear()
             containers = self._containers.values()
             pending = sum(

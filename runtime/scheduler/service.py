@@ -61,9 +61,10 @@ class Scheduler:
         log.info("scheduler %s ready", self.settings.scheduler_id)
 
     async def _prefetch(self, event: dict[str, Any]) -> None:
-        """Unpack a new version's bundle as soon as it is uploaded, off the invoke path."""
+        """Load a changed function and unpack its bundle at once, off the invoke path."""
         if event.get("kind") == c.CTL_FUNCTION and event.get("sha256"):
             with contextlib.suppress(Exception):
+                await self.cache.get(str(event["tenant"]), str(event["name"]))
                 await self.bundles.ensure(str(event["tenant"]), str(event["sha256"]))
 
     async def _heartbeat_loop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -71,16 +72,18 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def make_pool(
-    tmp_path: Path, docker_client: docker.DockerClient
-) -> AsyncIterator[PoolFactory]:
-    """Starts pools with the given settings; closes them and clears their containers after."""
+async def make_pool(docker_client: docker.DockerClient) -> AsyncIterator[PoolFactory]:
+    """Starts pools with the given settings; closes them and clears their containers after.
+
+    The data dir is a short path of its own (cell sockets must fit a unix socket path).
+    """
     started: list[tuple[Pool, DockerEngine, str]] = []
+    data_dirs: list[str] = []
 
     async def make(**overrides: Any) -> Pool:
         scheduler_id = "pooltest-" + secrets.token_hex(4)
-        data_dir = tmp_path / scheduler_id
-        data_dir.mkdir()
+        data_dir = Path(tempfile.mkdtemp(prefix="fnpool-"))
+        data_dirs.append(str(data_dir))
         settings = load_settings(data_dir=data_dir, scheduler_id=scheduler_id, **overrides)
         engine = DockerEngine(settings)
         pool = Pool(settings, engine)
@@ -96,6 +99,8 @@ async def make_pool(
             engine.close()
             for docker_id in await asyncio.to_thread(owned, docker_client, scheduler_id):
                 await asyncio.to_thread(docker_client.api.remove_container, docker_id, force=True)
+    for data_dir in data_dirs:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def spec_for(bundle: Path, tenant: str = "tenant-a", function: str = "hello", **kwargs: Any) -> Spec:
@@ -292,7 +297,8 @@ async def test_close_removes_every_container(
     idle = await pool.acquire(spec_for(bundle_dir, function="other"), wait_s=10)
     pool.release(idle.container)
     assert busy.container.state is State.BUSY
-    assert len(await asyncio.to_thread(owned, docker_client, scheduler_id)) >= 3
+    await pool.wait_for_stem_cells(2, timeout=60)
+    assert len(await asyncio.to_thread(owned, docker_client, scheduler_id)) == 4
     await pool.close()
     assert await asyncio.to_thread(owned, docker_client, scheduler_id) == []
 
@@ -308,3 +314,13 @@ async def test_close_while_stem_cells_are_starting(
     # The engine calls run in threads; give any in-flight create a moment, then look.
     await asyncio.sleep(1.0)
     assert await asyncio.to_thread(owned, docker_client, scheduler_id) == []
+
+
+async def test_socket_path_too_long_fails_at_start(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / ("d" * 80), scheduler_id="pooltest-" + "x" * 40)
+    engine = DockerEngine(settings)
+    try:
+        with pytest.raises(RuntimeError, match="FNHOST_DATA_DIR"):
+            await Pool(settings, engine).start()
+    finally:
+        engine.close()

@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert config == FunctionConfig()
     assert config.handler == "main.handler"
     assert config.runtime == "python3.11"
-    assert config.memory_mb == 256
+    assert config.memory_mb == 128
     assert config.timeout_s == 30
     assert config.max_concurrency == 10
     assert config.env == {}
@@ -51,11 +51,12 @@ def test_defaults() -> None:
 def test_config_is_frozen() -> None:
     config = FunctionConfig()
     with pytest.raises(ValueError, match="frozen"):
-        config.memory_mb = 512  # type: ignore[misc]
+        config.memory_mb = 512
 
 
 def test_not_a_mapping() -> None:
-    for data in ([], "memory_mb=128", None, 3):
+    not_mappings: list[object] = [[], "memory_mb=128", None, 3]
+    for data in not_mappings:
         assert refused(data).field == "config"
 
 
@@ -119,8 +120,16 @@ def test_unknown_async_key_names_the_field() -> None:
     assert err.field == "async.retries"
 
 
-def test_async_is_the_wire_name() -> None:
-    assert refused({"async_": {}}).field == "async_"
+def test_python_attribute_name_is_not_a_config_key() -> None:
+    # The API, the manifest and the store all say `async`; `async_` is unknown there.
+    err = refused({"async_": {"max_retry_attempts": 5}})
+    assert err.field == "async_"
+
+
+def test_patch_with_python_attribute_name_names_that_key() -> None:
+    with pytest.raises(InvalidConfig) as info:
+        merge_config(FunctionConfig(), {"async_": {"max_retry_attempts": 5}})
+    assert info.value.field == "async_"
 
 
 def test_bad_handler_and_runtime() -> None:
@@ -194,7 +203,7 @@ def test_function_destination(name: str) -> None:
     assert config.async_.on_success.type == "function"
 
 
-@pytest.mark.parametrize("name", ["", "_x", "a.b", "a b", "x" * 65])
+@pytest.mark.parametrize("name", ["", "_x", "a.b", "a b", "x" * 65, "a\n"])
 def test_function_name_pattern(name: str) -> None:
     err = refused({"async": {"on_success": {"type": "function", "name": name}}})
     assert err.field is not None

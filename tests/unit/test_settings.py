@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.models import FunctionConfig
 from runtime.settings import MB, Settings, SettingsError, load_settings
 
 
@@ -33,6 +34,9 @@ def test_defaults() -> None:
     assert s.max_containers == 64
     assert s.keep_alive_s == 300.0
     assert s.heartbeat_s == 1.0
+    assert s.scheduler_bind == "127.0.0.1:0"
+    assert s.scheduler_advertise is None
+    assert s.cluster_secret is None
     assert s.sync_payload_limit == 6 * MB
     assert s.async_payload_limit == 1 * MB
     assert s.bundle_max_bytes == 50 * MB
@@ -42,7 +46,7 @@ def test_defaults() -> None:
 def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValueError, match="frozen"):
-        s.bind = "0.0.0.0:80"  # type: ignore[misc]
+        s.bind = "0.0.0.0:80"
 
 
 def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -97,7 +101,8 @@ def test_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
     ("name", "value"),
     [
         ("FNHOST_BIND", "foo"),
-        ("FNHOST_BIND", "host:0"),
+        ("FNHOST_BIND", "host:port"),
+        ("FNHOST_SCHEDULER_BIND", "foo"),
         ("FNHOST_BIND", ":8080"),
         ("FNHOST_BIND", "host:99999"),
         ("FNHOST_STEM_CELLS", "x"),
@@ -154,3 +159,33 @@ def test_effective_mongo_url_prefers_configured_url(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("FNHOST_MONGO_URL", "mongodb+srv://cluster.example.com/")
     monkeypatch.setenv("FNHOST_EMBEDDED_MONGO_PORT", "27999")
     assert load_settings().effective_mongo_url == "mongodb+srv://cluster.example.com/"
+
+
+def test_port_zero_picks_a_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FNHOST_BIND", "0.0.0.0:0")
+    monkeypatch.setenv("FNHOST_SCHEDULER_BIND", "10.0.0.5:0")
+    s = load_settings()
+    assert s.bind == "0.0.0.0:0"
+    assert s.scheduler_bind == "10.0.0.5:0"
+
+
+def test_stem_cells_match_the_default_function_memory() -> None:
+    # A stem cell is reused without restart only when its memory size matches.
+    assert load_settings().stem_memory_mb == FunctionConfig().memory_mb
+
+
+def test_cluster_token_needs_a_secret() -> None:
+    with pytest.raises(SettingsError, match="FNHOST_CLUSTER_SECRET"):
+        _ = load_settings().cluster_token
+
+
+def test_cluster_token_from_admin_key_or_cluster_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FNHOST_ADMIN_KEY", "admin")
+    from_admin = load_settings().cluster_token
+    assert from_admin == load_settings().cluster_token
+    assert "admin" not in from_admin
+    monkeypatch.setenv("FNHOST_CLUSTER_SECRET", "cluster")
+    from_secret = load_settings().cluster_token
+    assert from_secret != from_admin
+    monkeypatch.delenv("FNHOST_ADMIN_KEY")
+    assert load_settings().cluster_token == from_secret
