@@ -19,16 +19,20 @@ class FunctionCache:
         self._store = store
         self._max = max_entries
         self._entries: OrderedDict[tuple[str, str], FunctionRecord] = OrderedDict()
+        # Bumped on every invalidation: a fetch that started before it must not
+        # put its (possibly stale) record back.
+        self._generation = 0
 
     async def get(self, tenant: str, name: str, min_revision: int = 0) -> FunctionRecord | None:
         key = (tenant, name)
         record = self._entries.get(key)
         if record is not None and record.revision >= min_revision:
             return record
+        generation = self._generation
         record = await self._store.get(tenant, name)
         if record is None:
             self._entries.pop(key, None)
-        else:
+        elif generation == self._generation:
             self.put(record)
         return record
 
@@ -43,6 +47,7 @@ class FunctionCache:
             self._entries.popitem(last=False)
 
     def invalidate(self, tenant: str, name: str) -> None:
+        self._generation += 1
         self._entries.pop((tenant, name), None)
 
     def on_control(self, event: dict[str, Any]) -> None:

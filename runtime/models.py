@@ -69,7 +69,7 @@ class FunctionConfig(_Strict):
     @classmethod
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if not ENV_KEY_RE.match(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
         if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
             raise ValueError(f"environment larger than {MAX_ENV_BYTES} bytes")
@@ -91,7 +91,6 @@ MANIFEST_EXTRA_KEYS = frozenset({"pickle", "python"})
 def _first_error(exc: ValidationError) -> InvalidConfig:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-    loc = loc.replace("async_", "async")
     return InvalidConfig(f"invalid config value for {loc or 'config'}: {err['msg']}", field=loc)
 
 
@@ -100,7 +99,7 @@ def parse_config(data: object) -> FunctionConfig:
     if not isinstance(data, dict):
         raise InvalidConfig("config must be a JSON object", field="config")
     try:
-        return FunctionConfig.model_validate(data)
+        return FunctionConfig.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise _first_error(exc) from None
 
@@ -120,7 +119,7 @@ def merge_config(current: FunctionConfig, patch: object) -> FunctionConfig:
 
 def check_name(name: str, what: str = "name") -> str:
     """Function and tenant names: 1-64 of [A-Za-z0-9_-], starting alphanumeric."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidConfig(
             f"invalid {what} {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 _ -, "
             "starting with a letter or digit",

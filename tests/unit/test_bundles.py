@@ -74,7 +74,7 @@ def test_bundle_without_manifest_uses_defaults() -> None:
     bundle = inspect_bundle(data, LIMITS)
     assert bundle.manifest == {}
     assert bundle.config.handler == "main.handler"
-    assert bundle.config.memory_mb == 256
+    assert bundle.config.memory_mb == 128
     assert bundle.entries == 2
     assert bundle.size == len(data)
     assert bundle.unpacked_size == len(MAIN) + len("X = 1\n")
