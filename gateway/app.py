@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from gateway.auth import AuthMiddleware
+from gateway.body import UnreadBodyMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.routes import functions, health, invoke, tenants
 from gateway.state import Services
@@ -29,7 +30,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[*health.routes, *tenants.routes, *functions.routes, *invoke.routes],
-        middleware=[Middleware(AuthMiddleware, services=services)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(UnreadBodyMiddleware), Middleware(AuthMiddleware, services=services)],
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

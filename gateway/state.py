@@ -43,7 +43,7 @@ class Services:
         self.functions = FunctionStore(self.mongo)
         self.cache = FunctionCache(self.functions)
         self.keys = KeyCache()
-        self.membership = Membership(settings.heartbeat_s)
+        self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         self.connection: AbstractRobustConnection | None = None
 
     async def start(self) -> None:

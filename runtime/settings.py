@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         return hashlib.sha256(f"fnhost-cluster:{secret.get_secret_value()}".encode()).hexdigest()
 
     @property
+    def cluster_id(self) -> str:
+        """A public name of the cluster: schedulers and gateways ignore other clusters'
+        heartbeats on a shared broker."""
+        return hashlib.sha256(f"id:{self.cluster_token}".encode()).hexdigest()[:16]
+
+    @property
     def effective_mongo_url(self) -> str:
         return self.mongo_url or f"mongodb://127.0.0.1:{self.embedded_mongo_port}"
 

@@ -8,6 +8,7 @@ Every platform gets its own database, scheduler id and data dir.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,7 @@ class Platform:
             **os.environ,
             "FNHOST_BIND": f"127.0.0.1:{self.port}",
             "FNHOST_ADMIN_KEY": ADMIN_KEY,
+            "FNHOST_CLUSTER_SECRET": secrets.token_hex(16),
             "FNHOST_AMQP_URL": AMQP_URL,
             "FNHOST_MONGO_URL": mongo_url,
             "FNHOST_MONGO_DB": "t" + secrets.token_hex(6),
@@ -155,7 +158,23 @@ class Platform:
     def stop(self) -> None:
         for role in ("gateway", "scheduler"):
             self.stop_role(role)
+        self.remove_containers()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def remove_containers(self) -> int:
+        """Remove containers left by this platform's scheduler (a killed one leaves them)."""
+        import docker
+
+        client = docker.from_env()
+        try:
+            found = client.containers.list(
+                all=True, filters={"label": f"fnhost.scheduler={self.scheduler_id}"}
+            )
+            for container in found:
+                container.remove(force=True)
+            return len(found)
+        finally:
+            client.close()
 
     def admin(self) -> httpx.Client:
         return httpx.Client(
@@ -219,7 +238,7 @@ def assert_error(
     assert response.headers.get("content-type", "").startswith("application/json"), response.headers
     body = response.json()
     assert isinstance(body, dict) and set(body) == {"error"}, body
-    error = body["error"]
+    error: dict[str, Any] = body["error"]
     assert isinstance(error.get("code"), str) and error["code"], body
     assert isinstance(error.get("message"), str) and error["message"], body
     if code is not None:
@@ -244,3 +263,88 @@ def function_zip(source: str, manifest: dict[str, Any] | None = None,
 def returns(value: Any) -> str:
     """The source of a main.py whose handler returns `value` (a JSON-able literal)."""
     return f"def handler(event, context):\n    return {value!r}\n"
+
+
+class Vhost:
+    """A fresh RabbitMQ vhost for one platform, made with rabbitmqctl on this machine.
+
+    Every platform on the shared test vhost hears every scheduler's heartbeats on the
+    fanout control exchange (the session platform's, and those of any other test run
+    on this machine). A test about readiness or scheduler membership needs a platform
+    that hears only its own processes: pass `amqp_url=vhost.url` to `Platform`.
+    """
+
+    def __init__(self) -> None:
+        from urllib.parse import urlsplit, urlunsplit
+
+        self.name = "fnhost-test-" + secrets.token_hex(4)
+        parts = urlsplit(AMQP_URL)
+        self.user = parts.username or "guest"
+        self.url = urlunsplit(parts._replace(path="/" + self.name))
+
+    def create(self) -> Vhost:
+        ctl = shutil.which("rabbitmqctl")
+        if ctl is None:
+            raise RuntimeError("rabbitmqctl is not installed: cannot create a test vhost")
+        subprocess.run([ctl, "-q", "add_vhost", self.name], check=True, capture_output=True)
+        subprocess.run([ctl, "-q", "set_permissions", "-p", self.name, self.user, ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        return self
+
+    def delete(self) -> None:
+        ctl = shutil.which("rabbitmqctl")
+        if ctl is not None:
+            subprocess.run([ctl, "-q", "delete_vhost", self.name], capture_output=True)
+
+
+def container_gone(docker_id: str, timeout: float = 10.0) -> bool:
+    """Whether the Docker engine has no container `docker_id` (an id or its prefix) by `timeout`."""
+    import docker
+    import docker.errors
+
+    client = docker.from_env()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.containers.get(docker_id)
+            except docker.errors.NotFound:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def invoke(client: httpx.Client, name: str, event: Any = None,
+           headers: dict[str, str] | None = None) -> httpx.Response:
+    """A sync invocation of `name` with a JSON event (None sends an empty body)."""
+    import json
+
+    content = b"" if event is None else json.dumps(event).encode()
+    return client.post(
+        f"/v1/functions/{name}/invocations", content=content,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+@contextlib.contextmanager
+def own_platform(mongo_url: str, **settings: Any) -> Iterator[Platform]:
+    """A started platform on a RabbitMQ vhost of its own, stopped and deleted after.
+
+    On its own vhost its gateway routes only to its own scheduler, never to one of
+    another platform (or another test run) that shares the test vhost.
+    """
+    vhost = Vhost().create()
+    platform = Platform(mongo_url, amqp_url=vhost.url, **settings)
+    try:
+        try:
+            platform.start()
+        except Exception:
+            print(platform.tail())
+            raise
+        yield platform
+    finally:
+        platform.stop()
+        vhost.delete()

@@ -84,6 +84,7 @@ async def _announce(services: Services, record: FunctionRecord | None, tenant: s
     await services.control.publish(
         c.CTL_FUNCTION, tenant=tenant, name=name,
         sha256=record.sha256 if record is not None else None,
+        revision=record.revision if record is not None else None,
     )
 
 

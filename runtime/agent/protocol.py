@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 PREFIX = struct.Struct("!II")
 MAX_HEADER_BYTES = 1 << 20
@@ -32,7 +33,7 @@ class ProtocolError(Exception):
     """A frame that breaks the wire format."""
 
 
-def pack(header: dict, body: bytes = b"") -> bytes:
+def pack(header: dict[str, Any], body: bytes = b"") -> bytes:
     """Encode one frame."""
     raw = json.dumps(header, separators=(",", ":")).encode()
     return PREFIX.pack(len(raw), len(body)) + raw + body
@@ -46,7 +47,7 @@ def unpack_prefix(prefix: bytes) -> tuple[int, int]:
     return header_len, body_len
 
 
-def decode_header(raw: bytes) -> dict:
+def decode_header(raw: bytes) -> dict[str, Any]:
     """Decode a frame header."""
     try:
         header = json.loads(raw)

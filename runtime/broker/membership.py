@@ -34,8 +34,9 @@ def rendezvous(key: str, members: list[str]) -> str | None:
 
 
 class Membership:
-    def __init__(self, heartbeat_s: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, heartbeat_s: float, clock: Any = time.monotonic, cluster: str | None = None) -> None:
         self._ttl = heartbeat_s * 3
+        self._cluster = cluster
         self._clock = clock
         self._members: dict[str, Member] = {}
         self._owners: dict[str, str] = {}
@@ -43,6 +44,8 @@ class Membership:
 
     def on_control(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
+        if self._cluster is not None and event.get("cluster", self._cluster) != self._cluster:
+            return  # another cluster sharing this broker
         if kind == c.CTL_HEARTBEAT:
             sid = str(event["scheduler"])
             self._members[sid] = Member(sid, self._clock(), event)

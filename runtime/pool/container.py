@@ -38,11 +38,16 @@ class StartKind(enum.Enum):
 
 @dataclass(frozen=True)
 class FunctionKey:
-    """What a specialised container is bound to; reuse only on an exact match."""
+    """What a specialised container is bound to; reuse only on an exact match.
+
+    `revision` changes with every configuration change (env, handler, memory),
+    so a container loaded with an older configuration is never reused.
+    """
 
     tenant: str
     function: str
     version: str
+    revision: int = 0
 
 
 ALLOWED: dict[State, frozenset[State]] = {
@@ -71,6 +76,7 @@ class Container:
     created_at: float = field(default_factory=time.monotonic)
     idle_since: float = field(default_factory=time.monotonic)
     invocations: int = 0
+    retired: bool = False  # its function changed: remove it when it is released
 
     @property
     def run_dir(self) -> Path:

@@ -77,7 +77,14 @@ class DockerEngine:
             ),
         )
         docker_id: str = container["Id"]
-        self.client.api.start(docker_id)
+        try:
+            self.client.api.start(docker_id)
+        except BaseException:
+            # A created container that failed to start (its cell folder gone, no
+            # resources) belongs to nobody: remove it rather than leave it behind.
+            with contextlib.suppress(Exception):
+                self._remove(docker_id)
+            raise
         return docker_id
 
     async def run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
@@ -108,7 +115,15 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             await self._call(self.client.api.kill, docker_id)
 
-    async def exit_info(self, docker_id: str) -> ExitInfo:
+    async def exit_info(self, docker_id: str, wait_s: float = 0.0) -> ExitInfo:
+        """How the container ended; first waits up to `wait_s` for it to stop.
+
+        The agent's socket closes a moment before Docker records the exit, so
+        without the wait a crash reads as still running (no exit code).
+        """
+        if wait_s > 0:
+            with contextlib.suppress(Exception):  # still running after wait_s, or gone
+                await self._call(self.client.api.wait, docker_id, timeout=wait_s)
         try:
             attrs = await self._call(self.client.api.inspect_container, docker_id)
         except docker.errors.NotFound:

@@ -257,9 +257,28 @@ class Pool:
     def release(self, container: Container) -> None:
         """Back to READY after an invocation that left the container healthy."""
         container.invocations += 1
-        if container.state is State.BUSY:
+        if container.retired:
+            self.discard(container)
+        elif container.state is State.BUSY:
             container.to(State.READY)
             self._notify()
+
+    def retire(self, tenant: str, function: str, revision: int | None) -> int:
+        """A function changed (or was deleted when `revision` is None): its older
+        containers are removed now if idle, else as soon as they finish."""
+        count = 0
+        for container in list(self._containers.values()):
+            key = container.key
+            if key is None or key.tenant != tenant or key.function != function:
+                continue
+            if revision is not None and key.revision >= revision:
+                continue
+            count += 1
+            if container.state is State.READY:
+                self.discard(container)
+            else:
+                container.retired = True
+        return count
 
     def discard(self, container: Container) -> None:
         """Remove a container (crashed, timed out, idle, or evicted); never reused."""

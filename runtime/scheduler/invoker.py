@@ -20,6 +20,8 @@ from runtime.store.functions import FunctionRecord
 OK = "ok"
 FUNCTION_ERROR = "function_error"
 TIMEOUT = "timeout"
+# How long a crashed container may take to be recorded as exited (exit code, OOM kill).
+EXIT_WAIT_S = 2.0
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Invoker:
             return await self._bundles.ensure(record.tenant, record.sha256)
 
         return Spec(
-            key=FunctionKey(record.tenant, record.name, record.version),
+            key=FunctionKey(record.tenant, record.name, record.version, record.revision),
             handler=config.handler,
             memory_mb=config.memory_mb,
             max_concurrency=config.max_concurrency,
@@ -95,7 +97,9 @@ class Invoker:
             "attempt": invocation.attempt,
             "content_type": invocation.content_type,
         }
-        common = {"start": lease.start, "container": container.short_id, "init_ms": lease.init_ms}
+        common: dict[str, Any] = {
+            "start": lease.start, "container": container.short_id, "init_ms": lease.init_ms
+        }
         started = time.perf_counter()
         try:
             answer, body = await asyncio.wait_for(
@@ -111,7 +115,7 @@ class Invoker:
             return Outcome.failed(TIMEOUT, error, run_ms=timeout * 1000, **common)
         except AgentGone:
             run_ms = (time.perf_counter() - started) * 1000
-            info = await self._engine.exit_info(container.docker_id or "")
+            info = await self._engine.exit_info(container.docker_id or "", wait_s=EXIT_WAIT_S)
             self._pool.discard(container)
             if info.oom_killed:
                 message = f"the function ran out of memory ({spec.memory_mb} MB) and was killed"

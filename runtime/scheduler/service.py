@@ -61,8 +61,13 @@ class Scheduler:
         log.info("scheduler %s ready", self.settings.scheduler_id)
 
     async def _prefetch(self, event: dict[str, Any]) -> None:
-        """Load a changed function and unpack its bundle at once, off the invoke path."""
-        if event.get("kind") == c.CTL_FUNCTION and event.get("sha256"):
+        """Retire containers of a changed function; load the new one and unpack its bundle
+        at once, off the invoke path."""
+        if event.get("kind") != c.CTL_FUNCTION:
+            return
+        revision = event.get("revision")
+        self.pool.retire(str(event["tenant"]), str(event["name"]), int(revision) if revision else None)
+        if event.get("sha256"):
             with contextlib.suppress(Exception):
                 await self.cache.get(str(event["tenant"]), str(event["name"]))
                 await self.bundles.ensure(str(event["tenant"]), str(event["sha256"]))
@@ -78,6 +83,7 @@ class Scheduler:
                 await self.control.publish(
                     c.CTL_HEARTBEAT,
                     scheduler=self.settings.scheduler_id,
+                    cluster=self.settings.cluster_id,
                     address=self.hop.address,
                     docker=docker_ok,
                     started=self._started,
@@ -89,7 +95,11 @@ class Scheduler:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         with contextlib.suppress(Exception):
-            await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
+            await self.control.publish(
+                c.CTL_SCHEDULER_DOWN,
+                scheduler=self.settings.scheduler_id,
+                cluster=self.settings.cluster_id,
+            )
         await self.hop.close()
         await self.pool.close()
         with contextlib.suppress(Exception):

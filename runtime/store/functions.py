@@ -140,6 +140,7 @@ class FunctionStore:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        assert doc is not None, "an upsert returns the document"
         await self._mongo.versions.update_one(
             {"_id": f"{tenant}/{name}/{version}"},
             {

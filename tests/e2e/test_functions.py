@@ -39,7 +39,8 @@ def invoke(client: httpx.Client, name: str, payload: Any = None) -> httpx.Respon
 def describe(client: httpx.Client, name: str) -> dict[str, Any]:
     r = client.get(f"/v1/functions/{name}")
     assert r.status_code == 200, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()
+    return body
 
 
 def test_put_creates_then_same_bytes_is_an_update_with_the_same_version(tenant: httpx.Client) -> None:
@@ -82,8 +83,12 @@ def test_new_code_is_a_new_version_and_the_next_invocation_runs_it(tenant: httpx
 
 def test_multipart_config_overrides_the_manifest(tenant: httpx.Client) -> None:
     manifest = {**MANIFEST, "env": {"GREETING": "from manifest", "OTHER": "x"}}
-    config = {"memory_mb": 512, "timeout_s": 5, "env": {"GREETING": "from config"},
-              "async": {"max_retry_attempts": 0}}
+    config = {
+        "memory_mb": 512,
+        "timeout_s": 5,
+        "env": {"GREETING": "from config"},
+        "async": {"max_retry_attempts": 0},
+    }
     r = deploy(tenant, "multi", function_zip(greeter(), manifest), config=config)
     assert r.status_code == 201, r.text
     shown = r.json()["config"]
@@ -129,8 +134,11 @@ def test_get_one_and_list(tenant: httpx.Client) -> None:
 
 
 def test_patch_changes_only_the_named_keys_and_merges_async(tenant: httpx.Client) -> None:
-    config = {"env": {"GREETING": "hello"}, "max_concurrency": 3,
-              "async": {"max_retry_attempts": 1, "retry_backoff_s": 2}}
+    config = {
+        "env": {"GREETING": "hello"},
+        "max_concurrency": 3,
+        "async": {"max_retry_attempts": 1, "retry_backoff_s": 2},
+    }
     r = deploy(tenant, "patchy", function_zip(greeter(), MANIFEST), config=config)
     assert r.status_code == 201, r.text
     before = r.json()
@@ -151,7 +159,9 @@ def test_patch_changes_only_the_named_keys_and_merges_async(tenant: httpx.Client
     assert merged["max_concurrency"] == 3
     assert merged["memory_mb"] == 512
 
-    r = tenant.patch("/v1/functions/patchy", json={"async": {"on_failure": {"type": "queue", "name": "failed"}}})
+    r = tenant.patch(
+        "/v1/functions/patchy", json={"async": {"on_failure": {"type": "queue", "name": "failed"}}}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["config"]["async"]["on_failure"] == {"type": "queue", "name": "failed"}
     assert r.json()["config"]["async"]["max_event_age_s"] == 60
@@ -264,8 +274,12 @@ def test_delete_then_get_and_invoke_are_404_at_once(tenant: httpx.Client) -> Non
 
 def test_reupload_after_patch_keeps_the_config_the_manifest_does_not_name(tenant: httpx.Client) -> None:
     assert deploy(tenant, "keeper", function_zip(greeter("v1"), MANIFEST)).status_code == 201
-    patch = {"env": {"GREETING": "patched"}, "max_concurrency": 4, "memory_mb": 512,
-             "async": {"max_retry_attempts": 0}}
+    patch = {
+        "env": {"GREETING": "patched"},
+        "max_concurrency": 4,
+        "memory_mb": 512,
+        "async": {"max_retry_attempts": 0},
+    }
     r = tenant.patch("/v1/functions/keeper", json=patch)
     assert r.status_code == 200, r.text
 

@@ -19,7 +19,9 @@ MANIFEST = {"handler": "main.handler", "memory_mb": 128}
 OK_SOURCE = returns("ok")
 
 
-def put_zip(client: httpx.Client, name: str, data: bytes, content_type: str = "application/zip") -> httpx.Response:
+def put_zip(
+    client: httpx.Client, name: str, data: bytes, content_type: str = "application/zip"
+) -> httpx.Response:
     return client.put(f"/v1/functions/{name}", content=data, headers={"Content-Type": content_type})
 
 
@@ -29,8 +31,9 @@ def assert_absent(client: httpx.Client, name: str) -> None:
     assert name not in [f["name"] for f in client.get("/v1/functions").json()["functions"]]
 
 
-def refused(client: httpx.Client, data: bytes, status: int, field: str | None = None,
-            name: str = "refused") -> dict[str, Any]:
+def refused(
+    client: httpx.Client, data: bytes, status: int, field: str | None = None, name: str = "refused"
+) -> dict[str, Any]:
     error = assert_error(put_zip(client, name, data), status, field=field)
     assert_absent(client, name)
     return error
@@ -224,8 +227,10 @@ def test_multipart_config_that_is_not_json_is_400(tenant: httpx.Client) -> None:
     data = function_zip(OK_SOURCE, MANIFEST)
     r = tenant.put(
         "/v1/functions/badconfig",
-        files={"code": ("bundle.zip", data, "application/zip"),
-               "config": (None, "memory_mb=256", "application/json")},
+        files={
+            "code": ("bundle.zip", data, "application/zip"),
+            "config": (None, "memory_mb=256", "application/json"),
+        },
     )
     assert_error(r, 400, field="config")
     assert_absent(tenant, "badconfig")
@@ -255,3 +260,15 @@ def test_refused_update_leaves_the_previous_version_current(tenant: httpx.Client
     r = tenant.get("/v1/functions/current")
     assert r.status_code == 200, r.text
     assert r.json() == created.json()
+
+
+def test_a_refused_large_body_does_not_stall_the_next_request(tenant: httpx.Client) -> None:
+    """The refusal comes before the body is read; the connection must not hang after it."""
+    big = os.urandom(3 << 20)
+    for _ in range(3):
+        r = tenant.put("/v1/functions/stall", content=big, headers={"Content-Type": "text/plain"})
+        assert_error(r, 415)
+        r = tenant.post("/v1/functions/stall/invocations", content=big)
+        assert_error(r, 404, "not_found")
+        r = tenant.get("/v1/functions", timeout=10)
+        assert r.status_code == 200, r.text
