@@ -215,7 +215,9 @@ def zip_files(files: dict[str, str | bytes]) -> bytes:
     return buf.getvalue()
 
 
-def deploy(client: httpx.Client, name: str, bundle: bytes | str, config: dict[str, Any] | None = None) -> httpx.Response:
+def deploy(
+    client: httpx.Client, name: str, bundle: bytes | str, config: dict[str, Any] | None = None
+) -> httpx.Response:
     """PUT a function: a zip body, or multipart with a config part when `config` is given."""
     data = zip_dir(bundle) if isinstance(bundle, str) else bundle
     if config is None:

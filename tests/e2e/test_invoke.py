@@ -264,6 +264,8 @@ def test_new_code_takes_effect_at_once(tenant: httpx.Client) -> None:
     assert r.headers["x-fnhost-version"] == v2
     assert r.headers["x-fnhost-container"] != old_container
     assert r.headers["x-fnhost-start"] in ("stem", "cold")
+    # The old version's idle container is retired, not kept warm for nothing.
+    assert container_gone(old_container, timeout=10)
 
 
 def test_no_container_is_shared_across_functions(platform: Platform, tenant: httpx.Client) -> None:
