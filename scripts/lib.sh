@@ -84,7 +84,7 @@ ensure_dockerd() {
     # process group, so Ctrl-C on scripts/up does not reach it.
     local pid
     pid="$(
-        "${sudo[@]}" setsid nohup dockerd >>"$FNHOST_DOCKERD_LOG" 2>&1 </dev/null &
+        exec_without_lock "${sudo[@]}" setsid nohup dockerd >>"$FNHOST_DOCKERD_LOG" 2>&1 </dev/null &
         echo $!
     )"
     local deadline=$((SECONDS + 60))
@@ -122,7 +122,7 @@ ensure_rabbitmq() {
         step "rabbitmq: node is starting, waiting"
     else
         step "rabbitmq: starting rabbitmq-server (log: $FNHOST_RABBITMQ_LOG)"
-        as_root rabbitmq-server -detached >>"$FNHOST_RABBITMQ_LOG" 2>&1 </dev/null ||
+        without_lock as_root rabbitmq-server -detached >>"$FNHOST_RABBITMQ_LOG" 2>&1 </dev/null ||
             die "rabbitmq-server -detached failed; see $FNHOST_RABBITMQ_LOG and /var/log/rabbitmq/"
     fi
     # The AMQP listener opens near the end of the boot; await_startup then
@@ -223,11 +223,10 @@ ensure_image() {
 # serialised with a lock so that two of them never install or start the same
 # thing at once.
 setup_all() {
-    local lock_fd
-    exec {lock_fd}>>"$FNHOST_SETUP_LOCK"
-    if ! flock -n "$lock_fd"; then
+    exec {FNHOST_LOCK_FD}>>"$FNHOST_SETUP_LOCK"
+    if ! flock -n "$FNHOST_LOCK_FD"; then
         step "set-up: waiting for another run's set-up to finish"
-        flock -w 900 "$lock_fd" || die "could not take $FNHOST_SETUP_LOCK within 900 s"
+        flock -w 900 "$FNHOST_LOCK_FD" || die "could not take $FNHOST_SETUP_LOCK within 900 s"
     fi
     ensure_apt_packages
     ensure_dockerd
@@ -236,5 +235,26 @@ setup_all() {
     ensure_image
     # Close the lock so that processes started later (scripts/up execs the
     # platform) do not hold it.
-    exec {lock_fd}>&-
+    exec {FNHOST_LOCK_FD}>&-
+    unset FNHOST_LOCK_FD
+}
+
+# Runs a command without the set-up lock's descriptor: a daemon that inherited
+# it (dockerd, RabbitMQ) would hold the lock for as long as it runs.
+# exec_without_lock is for a background job (`exec_without_lock cmd &`): the
+# job's subshell drops the descriptor and becomes the command, so no shell
+# holding it is left waiting for the daemon.
+exec_without_lock() {
+    if [[ -n ${FNHOST_LOCK_FD:-} ]]; then
+        exec {FNHOST_LOCK_FD}>&-
+    fi
+    exec "$@"
+}
+
+without_lock() {
+    if [[ -n ${FNHOST_LOCK_FD:-} ]]; then
+        "$@" {FNHOST_LOCK_FD}>&-
+    else
+        "$@"
+    fi
 }
