@@ -47,6 +47,7 @@ def run_gateway(settings: Settings) -> None:
     config = Config()
     config.bind = [settings.bind]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75
 
     async def main() -> None:
