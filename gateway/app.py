@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from gateway.auth import AuthMiddleware
 from gateway.body import UnreadBodyMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.routes import functions, health, invoke, tenants
+from gateway.routes import functions, health, invoke, tasks, tenants
 from gateway.state import Services
 from runtime.settings import Settings
 
@@ -29,7 +29,9 @@ def create_app(settings: Settings) -> Starlette:
             await services.stop()
 
     return Starlette(
-        routes=[*health.routes, *tenants.routes, *functions.routes, *invoke.routes],
+        routes=[
+            *health.routes, *tenants.routes, *functions.routes, *invoke.routes, *tasks.routes
+        ],
         middleware=[Middleware(UnreadBodyMiddleware), Middleware(AuthMiddleware, services=services)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

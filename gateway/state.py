@@ -11,12 +11,16 @@ from aio_pika.abc import AbstractRobustConnection
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
 from runtime.broker.membership import Membership
+from runtime.broker.publisher import InvokePublisher
 from runtime.cache import FunctionCache
 from runtime.hop import HopClient
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
+from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore, hash_key
+from runtime.store.timers import TimerStore
+from runtime.tasks.submit import Submitter
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Services:
         self.mongo = Mongo(settings)
         self.tenants = TenantStore(self.mongo)
         self.functions = FunctionStore(self.mongo)
+        self.tasks = TaskStore(self.mongo, settings.task_retention_s)
+        self.timers = TimerStore(self.mongo)
         self.cache = FunctionCache(self.functions)
         self.keys = KeyCache()
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
@@ -48,7 +54,12 @@ class Services:
 
     async def start(self) -> None:
         await self.mongo.ensure_indexes()
+        await self.tasks.ensure_indexes()
+        await self.timers.ensure_indexes()
         self.connection = await topology.connect(self.settings.amqp_url)
+        self.publisher = InvokePublisher(self.connection)
+        await self.publisher.start()
+        self.submitter = Submitter(self.tasks, self.timers, self.publisher)
         self.control = ControlBus(self.connection)
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)

@@ -29,6 +29,12 @@ H_REVISION = "revision"
 H_REQUEST_ID = "request_id"
 H_LOG_TAIL = "log_tail"
 H_DEADLINE = "deadline_ms"
+H_TASK_ID = "task_id"
+H_CREATED_MS = "created_ms"
+H_ATTEMPT = "attempt"
+H_TASK_MODE = "task_mode"
+CTL_STOP_TASK = "stop-task"  # stop a running task: the scheduler running it kills its container
+CTL_TENANT = "tenant"  # a tenant (and its queue) exists: schedulers start consuming it
 
 # HTTP headers (contract, plus fnhost extensions prefixed X-Fnhost-).
 HTTP_INVOCATION_TYPE = "x-invocation-type"
@@ -59,3 +65,14 @@ C_API_KEYS = "api_keys"
 C_FUNCTIONS = "functions"
 C_VERSIONS = "versions"
 BUNDLE_BUCKET = "bundles"
+
+# Destinations (where an async task's record goes: `on_success`, `on_failure`).
+HTTP_DEST_TASK_ID = "X-Fnhost-Task-Id"  # on a webhook POST, so a receiver can drop repeats
+HTTP_DEST_CONDITION = "X-Fnhost-Condition"
+H_CONDITION = "condition"  # AMQP header on a record published to a queue destination
+
+
+def destination_queue(tenant_id: str, name: str) -> str:
+    """A queue destination, always inside the tenant's namespace. Tenant ids hold no dot,
+    so the prefix cannot be forged by a queue name."""
+    return f"fnhost.d.{tenant_id}.{name}"

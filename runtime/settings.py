@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     log_limit_bytes: Annotated[int, Field(ge=4096, le=16 * MB)] = 256 * 1024
     sync_wait_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
+    # Destinations (`on_success` / `on_failure` of async invocations).
+    # FNHOST_WEBHOOK_TIMEOUT_S: limit of one webhook POST, from connecting to the whole answer.
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # FNHOST_WEBHOOK_RETRY_ATTEMPTS: attempts in all for a webhook or queue destination.
+    webhook_retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # FNHOST_WEBHOOK_BACKOFF_S: wait before the second attempt; it doubles after each one.
+    webhook_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5
+    # FNHOST_WEBHOOK_MAX_CONNECTIONS: size of the one connection pool all webhooks share.
+    webhook_max_connections: Annotated[int, Field(ge=1, le=10000)] = 100
+    # FNHOST_DESTINATION_PUBLISH_TIMEOUT_S: limit of one publish to a queue destination
+    # (until the broker confirms it) and of one submit to a function destination.
+    destination_publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+
+    # Asynchronous tasks.
+    task_retention_s: Annotated[float, Field(ge=60)] = 7 * 86400
+    async_prefetch: Annotated[int, Field(ge=1, le=10000)] = 64
+    timer_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    queue_owners: Annotated[int, Field(ge=1, le=64)] = 2
+
     @field_validator("bind", "scheduler_bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:

@@ -76,7 +76,7 @@ async def _inspect(data: bytes, services: Services, override: dict[str, Any] | N
     return await asyncio.to_thread(inspect_bundle, data, limits, override)
 
 
-async def _announce(services: Services, record: FunctionRecord | None, tenant: str, name: str) -> None:
+async def announce(services: Services, record: FunctionRecord | None, tenant: str, name: str) -> None:
     """Drop cached copies here at once, and everywhere else through the control bus."""
     services.cache.invalidate(tenant, name)
     if record is not None:
@@ -106,7 +106,7 @@ async def put_function(request: Request) -> JSONResponse:
         tenant.id, name, bundle.config, version=bundle.version, sha256=bundle.sha256,
         pickle=bundle.pickle, bundle_size=bundle.size, manifest=bundle.manifest,
     )
-    await _announce(services, record, tenant.id, name)
+    await announce(services, record, tenant.id, name)
     return JSONResponse(record.describe(), status_code=201 if created else 200)
 
 
@@ -135,7 +135,7 @@ async def patch_function(request: Request) -> JSONResponse:
         data = await services.functions.load_bundle(tenant.id, record.sha256)
         await _inspect(data, services, config.dump())
     record = await services.functions.update_config(record, config)
-    await _announce(services, record, tenant.id, record.name)
+    await announce(services, record, tenant.id, record.name)
     return JSONResponse(record.describe())
 
 
@@ -145,7 +145,12 @@ async def delete_function(request: Request) -> Response:
     name = request.path_params["name"]
     await services.functions.require(tenant.id, name)
     await services.functions.delete(tenant.id, name)
-    await _announce(services, None, tenant.id, name)
+    await announce(services, None, tenant.id, name)
+    # Its queued tasks will never run: they become Invalid now (the scheduler also
+    # marks any it dequeues later).
+    await services.tasks.mark_function_tasks(
+        tenant.id, name, frozenset({"Enqueued", "Retrying", "Processed"}), "Invalid"
+    )
     return Response(status_code=204)
 
 

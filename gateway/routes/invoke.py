@@ -1,4 +1,4 @@
-"""POST /v1/functions/{name}/invocations: sync (RequestResponse) and DryRun.
+"""POST /v1/functions/{name}/invocations: sync (RequestResponse), async (Event), DryRun.
 
 The path is linear: resolve the function from the cache, bound the payload,
 pick the scheduler that owns the tenant, send it over the direct hop, answer.
@@ -7,9 +7,11 @@ No MongoDB round trip on a warm path.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,11 +20,15 @@ from gateway.body import read_limited
 from gateway.metrics import INVOCATIONS, INVOKE_SECONDS
 from gateway.state import Services
 from runtime import constants as c
-from runtime.errors import BadRequest, NotFound, NotImplementedYet, Unavailable
+from runtime.errors import BadRequest, NotFound, Unavailable
+from runtime.store.functions import FunctionRecord
 from runtime.store.tenants import Tenant
+from runtime.tasks.submit import Submission
 
 SYNC, ASYNC, DRY_RUN = "RequestResponse", "Event", "DryRun"
 TYPES = {"requestresponse": SYNC, "event": ASYNC, "dryrun": DRY_RUN, "sync": SYNC, "async": ASYNC}
+TASK_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_DELAY_S = 86400
 # Time allowed on top of the function's timeout for queueing and a cold start.
 SYNC_MARGIN_S = 30.0
 
@@ -68,7 +74,10 @@ async def invoke(request: Request) -> Response:
         INVOCATIONS.labels(DRY_RUN, "ok").inc()
         return Response(status_code=204, headers={c.HTTP_REQUEST_ID: request_id})
     if kind == ASYNC:
-        raise NotImplementedYet("asynchronous invocations are not available in this release yet")
+        return await _submit(services, request, record, payload, request_id)
+    for name_ in (c.HTTP_TASK_ID, c.HTTP_DELAY):
+        if name_ in request.headers:
+            raise BadRequest(f"{name_} applies to Event (asynchronous) invocations only", field=name_)
     owner = services.membership.owner(tenant.id)
     address = services.membership.address(owner) if owner is not None else None
     if address is None:
@@ -108,6 +117,60 @@ async def invoke(request: Request) -> Response:
     if tail:
         out[c.HTTP_LOG_RESULT] = str(meta.get("log_tail", ""))
     return Response(body, 200, headers=out, media_type=str(meta.get("content_type")))
+
+
+def task_id_header(request: Request) -> str | None:
+    raw = request.headers.get(c.HTTP_TASK_ID)
+    if raw is None:
+        return None
+    if not TASK_ID_RE.fullmatch(raw):
+        raise BadRequest(
+            "X-Task-Id must be 1-128 characters of A-Z a-z 0-9 _ . : -", field="X-Task-Id"
+        )
+    return raw
+
+
+def delay_header(request: Request) -> float:
+    raw = request.headers.get(c.HTTP_DELAY)
+    if raw is None:
+        return 0.0
+    try:
+        delay = float(raw)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay <= MAX_DELAY_S:
+        raise BadRequest(
+            f"X-Delay-Seconds must be a number from 0 to {MAX_DELAY_S}", field="X-Delay-Seconds"
+        )
+    return delay
+
+
+async def _submit(
+    services: Services, request: Request, record: FunctionRecord, payload: bytes, request_id: str
+) -> Response:
+    """202 only once the task is durable (broker confirm, or its timer stored)."""
+    accepted = await services.submitter.submit(
+        Submission(
+            record=record,
+            payload=payload,
+            content_type=request.headers.get("content-type"),
+            task_id=task_id_header(request),
+            delay_s=delay_header(request),
+            request_id=request_id,
+        )
+    )
+    INVOCATIONS.labels(ASYNC, "accepted").inc()
+    body = {"task_id": accepted.task_id, "request_id": accepted.request_id, "status": "Enqueued"}
+    return Response(
+        orjson.dumps(body),
+        202,
+        headers={
+            c.HTTP_REQUEST_ID: accepted.request_id,
+            "X-Task-Id": accepted.task_id,
+            "Location": f"/v1/tasks/{accepted.task_id}",
+        },
+        media_type="application/json",
+    )
 
 
 routes = [Route("/v1/functions/{name}/invocations", invoke, methods=["POST"])]

@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from gateway.body import read_limited
 from gateway.state import Services
+from runtime import constants as c
 from runtime.errors import BadRequest
 from runtime.models import check_name
 
@@ -24,6 +25,8 @@ async def create_tenant(request: Request) -> JSONResponse:
         raise BadRequest('body must be {"name": "..."}', field="name")
     name = check_name(body["name"], "name")
     tenant, api_key = await services.tenants.create(name)
+    await services.publisher.ensure_tenant_queue(tenant.id)
+    await services.control.publish(c.CTL_TENANT, tenant=tenant.id)
     return JSONResponse({"id": tenant.id, "name": tenant.name, "api_key": api_key}, 201)
 
 

@@ -33,6 +33,16 @@ def rendezvous(key: str, members: list[str]) -> str | None:
     return best
 
 
+def owners(key: str, members: list[str], k: int) -> list[str]:
+    """The `k` members with the highest hashes of (key, member), best first."""
+    scored = sorted(
+        members,
+        key=lambda m: hashlib.blake2b(f"{key}\x00{m}".encode(), digest_size=8).digest(),
+        reverse=True,
+    )
+    return scored[:k]
+
+
 class Membership:
     def __init__(self, heartbeat_s: float, clock: Any = time.monotonic, cluster: str | None = None) -> None:
         self._ttl = heartbeat_s * 3

@@ -33,3 +33,44 @@ async def sync_queue(channel: AbstractChannel, scheduler_id: str) -> aio_pika.ab
     )
     await queue.bind(exchange, routing_key=scheduler_id)
     return queue
+
+
+async def invoke_exchange(channel: AbstractChannel) -> AbstractExchange:
+    return await channel.declare_exchange(
+        c.INVOKE_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+
+
+DEAD_LETTER_EXCHANGE = "fnhost.dead"
+DEAD_LETTER_QUEUE = "fnhost.dead"
+# A message redelivered this often is poison (it crashed the consumer each
+# time); it goes to the dead-letter queue, where the task is marked Failed.
+DELIVERY_LIMIT = 20
+
+
+async def dead_letters(channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+    exchange = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    queue = await channel.declare_queue(
+        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await queue.bind(exchange)
+    return queue
+
+
+async def tenant_queue(channel: AbstractChannel, tenant: str) -> aio_pika.abc.AbstractQueue:
+    """The tenant's durable quorum queue, bound to the invoke exchange by tenant id."""
+    await dead_letters(channel)
+    exchange = await invoke_exchange(channel)
+    queue = await channel.declare_queue(
+        c.tenant_queue(tenant),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        },
+    )
+    await queue.bind(exchange, routing_key=tenant)
+    return queue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import orjson
 
 from runtime.pool.agent import AgentGone
-from runtime.pool.container import FunctionKey, StartKind
+from runtime.pool.container import FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
-from runtime.pool.pool import InitError, Pool, Spec
+from runtime.pool.pool import InitError, Lease, Pool, Spec
 from runtime.scheduler.bundle_cache import BundleCache
 from runtime.store.functions import FunctionRecord
 
@@ -77,8 +78,16 @@ class Invoker:
             pickle=record.pickle,
         )
 
-    async def invoke(self, record: FunctionRecord, invocation: Invocation) -> Outcome:
-        """Run it; raises only for platform errors (no capacity, Docker down)."""
+    async def invoke(
+        self,
+        record: FunctionRecord,
+        invocation: Invocation,
+        on_start: Callable[[Lease], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Run it; raises only for platform errors (no capacity, Docker down).
+
+        `on_start` runs once a container is bound to the invocation (the task
+        is Running from then on)."""
         spec = self.spec(record)
         try:
             lease = await self._pool.acquire(spec, self._wait_s)
@@ -87,7 +96,16 @@ class Invoker:
                 FUNCTION_ERROR, exc.error, logs=exc.logs, start=exc.start, retryable=False
             )
         container = lease.container
-        assert container.agent is not None
+        if on_start is not None:
+            try:
+                await on_start(lease)
+            except BaseException:
+                self._pool.release(container)
+                raise
+        if container.agent is None or container.state is not State.BUSY:
+            # Killed before it started (a stop request): nothing ran.
+            error = {"errorType": "Stopped", "errorMessage": "stopped before it ran", "stackTrace": []}
+            return Outcome.failed(FUNCTION_ERROR, error, start=lease.start, retryable=False)
         timeout = spec.timeout_s
         header = {
             "op": "invoke",

@@ -11,16 +11,25 @@ from typing import Any
 from runtime import constants as c
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
+from runtime.broker.membership import Membership
+from runtime.broker.publisher import InvokePublisher
 from runtime.cache import FunctionCache
+from runtime.destinations import Destinations
+from runtime.errors import NotFound
 from runtime.hop import HopServer
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
 from runtime.scheduler.bundle_cache import BundleCache
+from runtime.scheduler.consumers import QueueConsumers, TimerLoop
 from runtime.scheduler.invoker import Invoker
 from runtime.scheduler.sync import SyncHandler
+from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
+from runtime.store.tasks import TaskStore
+from runtime.store.timers import TimerStore
+from runtime.tasks.submit import Submission, Submitter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,9 @@ class Scheduler:
         self.engine = DockerEngine(settings)
         self.pool = Pool(settings, self.engine)
         self.invoker = Invoker(self.pool, self.engine, self.bundles, settings.sync_wait_s)
+        self.tasks = TaskStore(self.mongo, settings.task_retention_s)
+        self.timers = TimerStore(self.mongo)
+        self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = time.time()
 
@@ -46,12 +58,32 @@ class Scheduler:
                 f"runtime image {self.settings.runtime_image} is missing: run scripts/build-image"
             )
         await self.mongo.ping()
+        await self.mongo.ensure_indexes()
+        await self.tasks.ensure_indexes()
+        await self.timers.ensure_indexes()
         self.connection = await topology.connect(self.settings.amqp_url)
+        self.publisher = InvokePublisher(self.connection)
+        await self.publisher.start()
+        self.submitter = Submitter(self.tasks, self.timers, self.publisher)
+        self.destinations = Destinations(self.settings, self.connection, self._submit_to_function)
+        await self.destinations.start()
+        self.runner = TaskRunner(
+            self.cache, self.invoker, self.pool, self.tasks, self.timers, self.destinations
+        )
         self.control = ControlBus(self.connection)
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self._prefetch)
+        self.control.subscribe(self.membership.on_control)
+        self.control.subscribe(self.runner.on_control)
         await self.control.start()
         await self.pool.start()
+        self.consumers = QueueConsumers(
+            self.settings, self.connection, self.membership, self.mongo, self.runner
+        )
+        self.control.subscribe(self.consumers.on_control)
+        await self.consumers.start()
+        self.timer_loop = TimerLoop(self.timers, self.publisher, self.settings.timer_poll_s)
+        self.timer_loop.start()
         self.hop = HopServer(
             self.settings.cluster_token,
             SyncHandler(self.cache, self.invoker, self.settings.sync_concurrency)
@@ -59,6 +91,18 @@ class Scheduler:
         await self.hop.start(self.settings.scheduler_bind, self.settings.scheduler_advertise)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         log.info("scheduler %s ready", self.settings.scheduler_id)
+
+    async def _submit_to_function(
+        self, tenant: str, function: str, body: bytes, content_type: str
+    ) -> str:
+        """The `function` destination: an async invoke of another function of the tenant."""
+        record = await self.cache.get(tenant, function)
+        if record is None:
+            raise NotFound(f"destination function {function!r} not found")
+        accepted = await self.submitter.submit(
+            Submission(record=record, payload=body, content_type=content_type)
+        )
+        return accepted.task_id
 
     async def _prefetch(self, event: dict[str, Any]) -> None:
         """Retire containers of a changed function; load the new one and unpack its bundle
@@ -100,8 +144,15 @@ class Scheduler:
                 scheduler=self.settings.scheduler_id,
                 cluster=self.settings.cluster_id,
             )
-        await self.hop.close()
+        if hasattr(self, "timer_loop"):
+            self.timer_loop.close()
+        if hasattr(self, "consumers"):
+            await self.consumers.close()
+        if hasattr(self, "hop"):
+            await self.hop.close()
         await self.pool.close()
+        if hasattr(self, "destinations"):
+            await self.destinations.close()
         with contextlib.suppress(Exception):
             await self.connection.close()
         self.engine.close()

@@ -1,0 +1,346 @@
+"""Destinations: the record of a finished async task and its delivery to a webhook,
+a queue in the tenant's namespace or another function of the same tenant.
+
+A delivery is at least once: a retry after a lost answer can repeat it, so
+the record carries the task id (and the webhook a header) to drop repeats by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+import aio_pika
+import httpx
+import orjson
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aiormq.exceptions import ChannelPreconditionFailed
+
+from runtime import constants as c
+from runtime.errors import FnhostError, Throttled, Unavailable
+from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
+from runtime.settings import Settings
+from runtime.tasks import status as st
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = "1.0"
+CONDITIONS = (st.SUCCESS, st.RETRIES_EXHAUSTED, st.EVENT_AGE_EXCEEDED, st.STOPPED_CONDITION)
+FUNCTION_ERRORS = (None, "Unhandled", "Timeout")
+JSON = "application/json"
+# Reading a webhook's answer to its end lets the connection go back to the pool;
+# past this much the answer is dropped with its connection.
+WEBHOOK_DRAIN_BYTES = 64 * 1024
+# Queue names declared by this process (durable, so declared once); bounded.
+DECLARED_QUEUES_MAX = 4096
+
+Submit = Callable[[str, str, bytes, str], Awaitable[str]]
+"""Async invoke of a function: (tenant, function, body, content type) -> task id."""
+
+Target = WebhookDestination | QueueDestination | FunctionDestination
+
+
+# -- the record (contract) ---------------------------------------------------
+
+
+def build_record(
+    *,
+    request_id: str,
+    task_id: str,
+    function: str,
+    version: str,
+    condition: str,
+    invoke_count: int,
+    payload: bytes,
+    content_type: str | None,
+    status_code: int,
+    function_error: str | None,
+    result: bytes | None,
+    result_content_type: str | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The record sent to a destination, exactly as DESIGN.md section 3 names its fields."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, not {condition!r}")
+    if function_error not in FUNCTION_ERRORS:
+        raise ValueError(f"functionError must be null, Unhandled or Timeout, not {function_error!r}")
+    return {
+        "version": RECORD_VERSION,
+        "timestamp": timestamp(now or datetime.now(UTC)),
+        "requestContext": {
+            "requestId": request_id,
+            "taskId": task_id,
+            "function": f"{function}:{version}",
+            "condition": condition,
+            "approximateInvokeCount": invoke_count,
+        },
+        "requestPayload": payload_value(payload, content_type),
+        "responseContext": {"statusCode": status_code, "functionError": function_error},
+        "responsePayload": payload_value(result, result_content_type),
+    }
+
+
+def timestamp(at: datetime) -> str:
+    """UTC, milliseconds, `Z`: 2026-11-25T16:00:00.000Z. A naive time is taken as UTC."""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """`application/json` or any `+json` media type, parameters ignored."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON or media.endswith("+json")
+
+
+def payload_value(data: bytes | None, content_type: str | None) -> Any:
+    """The JSON value when the bytes are declared and parse as JSON, else their base64;
+    nothing (missing or empty) is null."""
+    if not data:
+        return None
+    if is_json_type(content_type):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- delivery ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of delivering one record, as the task record shows it."""
+
+    type: str
+    target: str
+    status: Literal["delivered", "failed"]
+    attempts: int
+    error: str | None
+    duration_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["duration_ms"] = round(self.duration_ms, 3)
+        return out
+
+
+class _Failure(Exception):
+    """One attempt failed; `retry` says whether another attempt may do better."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
+
+
+class Destinations:
+    """Delivers records; one per process, sharing one HTTP pool and one confirm channel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        connection: AbstractRobustConnection,
+        submit: Submit | None,
+    ) -> None:
+        self._settings = settings
+        self._connection = connection
+        self._submit = submit
+        self._http: httpx.AsyncClient | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._declared: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def max_delivery_s(self) -> float:
+        """The longest one delivery can take: every attempt times out, every backoff waited."""
+        s = self._settings
+        per_attempt = max(s.webhook_timeout_s, s.destination_publish_timeout_s)
+        return s.webhook_retry_attempts * per_attempt + self._backoff_total()
+
+    async def start(self) -> None:
+        s = self._settings
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.webhook_timeout_s),
+            limits=httpx.Limits(
+                max_connections=s.webhook_max_connections,
+                max_keepalive_connections=min(20, s.webhook_max_connections),
+            ),
+            follow_redirects=False,
+            headers={"User-Agent": "fnhost"},
+        )
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._channel = channel
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def deliver(self, tenant_id: str, destination: Target, record: dict[str, Any]) -> Delivery:
+        """Deliver one record; never raises for a delivery that fails, it reports it."""
+        started = time.monotonic()
+        target, attempt = self._plan(tenant_id, destination, record)
+        attempts, error = await self._attempt(attempt)
+        delivery = Delivery(
+            type=destination.type,
+            target=target,
+            status="failed" if error is not None else "delivered",
+            attempts=attempts,
+            error=error,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        if error is not None:
+            shown = urlsplit(target).netloc if destination.type == "webhook" else target
+            log.warning(
+                "destination %s %s of tenant %s failed after %d attempt(s): %s",
+                destination.type, shown, tenant_id, attempts, error,
+            )
+        return delivery
+
+    def _plan(
+        self, tenant_id: str, destination: Target, record: dict[str, Any]
+    ) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """What to deliver to, and one attempt of it."""
+        body = orjson.dumps(record)
+        context = record["requestContext"]
+        task_id, condition = str(context["taskId"]), str(context["condition"])
+        if isinstance(destination, WebhookDestination):
+            url = destination.url
+            return url, lambda: self._post(url, body, task_id, condition)
+        if isinstance(destination, QueueDestination):
+            queue = c.destination_queue(tenant_id, destination.name)
+            return queue, lambda: self._publish(queue, body, task_id, condition)
+        name = destination.name
+        return name, lambda: self._invoke(tenant_id, name, body)
+
+    async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> tuple[int, str | None]:
+        """Run `attempt` until it succeeds, fails for good or the attempts run out
+        (each attempt bounds itself); returns the attempts made and the last error."""
+        s = self._settings
+        error: str | None = None
+        for n in range(1, s.webhook_retry_attempts + 1):
+            if n > 1:
+                await asyncio.sleep(s.webhook_backoff_s * (1 << (n - 2)))
+            try:
+                await attempt()
+                return n, None
+            except _Failure as exc:
+                error = exc.message
+                if not exc.retry:
+                    return n, error
+            except Exception as exc:  # a bug must fail the delivery, not the task
+                log.exception("destination delivery raised")
+                return n, f"{type(exc).__name__}: {exc}"
+        return s.webhook_retry_attempts, error
+
+    def _backoff_total(self) -> float:
+        s = self._settings
+        return sum(s.webhook_backoff_s * (1 << k) for k in range(s.webhook_retry_attempts - 1))
+
+    # -- one attempt per destination type -------------------------------------
+
+    async def _post(self, url: str, body: bytes, task_id: str, condition: str) -> None:
+        if self._http is None:
+            raise RuntimeError("Destinations.start() first")
+        headers = {
+            "Content-Type": JSON,
+            c.HTTP_DEST_TASK_ID: task_id,
+            c.HTTP_DEST_CONDITION: condition,
+        }
+        timeout = self._settings.webhook_timeout_s
+        try:
+            # httpx limits each phase; this limits the whole answer (a slow drip too).
+            async with asyncio.timeout(timeout):
+                async with self._http.stream("POST", url, content=body, headers=headers) as response:
+                    await _drain(response)
+        except (TimeoutError, httpx.TimeoutException):
+            raise _Failure(f"no answer within {timeout:g} s", retry=True) from None
+        except httpx.TransportError as exc:
+            raise _Failure(f"{type(exc).__name__}: {exc}", retry=True) from None
+        code = response.status_code
+        if 200 <= code < 300:
+            return
+        # Only a server error, throttling or a request timeout can go away on its own.
+        retry = code >= 500 or code in (408, 429)
+        raise _Failure(f"HTTP {code} {response.reason_phrase}".rstrip(), retry=retry)
+
+    async def _publish(self, queue: str, body: bytes, task_id: str, condition: str) -> None:
+        channel = self._channel
+        if channel is None:
+            raise RuntimeError("Destinations.start() first")
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=task_id,
+            headers={c.H_TASK_ID: task_id, c.H_CONDITION: condition},
+        )
+        timeout = self._settings.destination_publish_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                if queue not in self._declared:
+                    await channel.declare_queue(
+                        queue, durable=True, arguments={"x-queue-type": "quorum"}, robust=False
+                    )
+                    self._remember(queue)
+                await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+        except TimeoutError:
+            raise _Failure(f"the broker did not confirm within {timeout:g} s", retry=True) from None
+        except PublishError:
+            # Returned as unroutable: the queue was deleted since; declare it again next time.
+            self._declared.pop(queue, None)
+            raise _Failure(f"queue {queue} is missing: the broker returned the record", retry=True) from None
+        except DeliveryError as exc:
+            raise _Failure(f"the broker refused the record: {exc}", retry=True) from None
+        except ChannelPreconditionFailed as exc:
+            raise _Failure(f"queue {queue} exists with other arguments: {exc}", retry=False) from None
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            raise _Failure(f"broker: {type(exc).__name__}: {exc}", retry=True) from None
+
+    def _remember(self, queue: str) -> None:
+        self._declared[queue] = None
+        if len(self._declared) > DECLARED_QUEUES_MAX:
+            self._declared.popitem(last=False)
+
+    async def _invoke(self, tenant_id: str, function: str, body: bytes) -> None:
+        if self._submit is None:
+            raise _Failure("function destinations are not available in this process", retry=False)
+        timeout = self._settings.destination_publish_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self._submit(tenant_id, function, body, JSON)
+        except TimeoutError:
+            # It may have been accepted all the same: submitting again could run the function twice.
+            raise _Failure(
+                f"no answer within {timeout:g} s; the invocation may have been submitted", retry=False
+            ) from None
+        except (Throttled, Unavailable) as exc:
+            raise _Failure(exc.message, retry=True) from None
+        except FnhostError as exc:
+            raise _Failure(exc.message, retry=False) from None
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read the answer up to WEBHOOK_DRAIN_BYTES (its content is not used)."""
+    read = 0
+    # aiter_raw is an async generator; closing it at once keeps no half-read stream about.
+    async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
+        async for chunk in chunks:
+            read += len(chunk)
+            if read > WEBHOOK_DRAIN_BYTES:
+                return

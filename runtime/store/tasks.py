@@ -1,0 +1,257 @@
+"""Task records (task mode): status history, payload, outcome, timings.
+
+One document per (tenant, function, task id); the `_id` makes a caller-chosen
+task id unique per function across every gateway. Records expire through a
+TTL index on `expire_at`.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from runtime.errors import Conflict
+from runtime.store.mongo import Doc, Mongo
+from runtime.tasks import status as st
+
+TASK_IDS = "task_ids"  # ids claimed by functions without task mode (no record)
+
+
+def task_key(tenant: str, function: str, task_id: str) -> str:
+    return f"{tenant}/{function}/{task_id}"
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskStore:
+    def __init__(self, mongo: Mongo, retention_s: float) -> None:
+        self._tasks = mongo.db["tasks"]
+        self._ids = mongo.db[TASK_IDS]
+        self._retention = timedelta(seconds=retention_s)
+
+    async def ensure_indexes(self) -> None:
+        await self._tasks.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        await self._tasks.create_index(
+            [("tenant", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]
+        )
+        await self._tasks.create_index([("tenant", ASCENDING), ("task_id", ASCENDING)])
+        await self._tasks.create_index(
+            [("tenant", ASCENDING), ("function", ASCENDING), ("status", ASCENDING)]
+        )
+        await self._ids.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+
+    # -- creation ------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        tenant: str,
+        function: str,
+        task_id: str,
+        request_id: str,
+        payload: bytes,
+        content_type: str | None,
+        created_at: datetime,
+        due_at: datetime | None,
+    ) -> None:
+        """Insert an Enqueued task; 409 naming the existing task when the id is taken."""
+        key = task_key(tenant, function, task_id)
+        doc = {
+            "_id": key,
+            "tenant": tenant,
+            "function": function,
+            "task_id": task_id,
+            "request_id": request_id,
+            "status": st.ENQUEUED,
+            "history": [{"status": st.ENQUEUED, "at": created_at}],
+            "attempts": 0,
+            "invoke_count": 0,
+            "created_at": created_at,
+            "updated_at": created_at,
+            "due_at": due_at,
+            "expire_at": created_at + self._retention,
+            "payload": Binary(payload),
+            "content_type": content_type,
+        }
+        try:
+            await self._tasks.insert_one(doc)
+        except DuplicateKeyError:
+            existing = await self._tasks.find_one({"_id": key}, {"status": 1})
+            state = existing["status"] if existing else "unknown"
+            raise Conflict(
+                f"task {task_id!r} of function {function!r} already exists (status {state})"
+            ) from None
+
+    async def claim_id(self, tenant: str, function: str, task_id: str, created_at: datetime) -> None:
+        """Reserve a caller-chosen id for a function without task mode (no record kept)."""
+        key = task_key(tenant, function, task_id)
+        try:
+            await self._ids.insert_one({"_id": key, "expire_at": created_at + self._retention})
+        except DuplicateKeyError:
+            raise Conflict(
+                f"task {task_id!r} of function {function!r} already exists (no record: task mode is off)"
+            ) from None
+
+    async def forget(self, tenant: str, function: str, task_id: str) -> None:
+        """Undo a create whose publish was not confirmed, so the caller can retry the id."""
+        key = task_key(tenant, function, task_id)
+        await self._tasks.delete_one({"_id": key, "status": st.ENQUEUED})
+        await self._ids.delete_one({"_id": key})
+
+    # -- transitions ---------------------------------------------------------
+
+    async def transition(
+        self,
+        key: str,
+        to: str,
+        *,
+        when: frozenset[str] | None = None,
+        fields: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+    ) -> Doc | None:
+        """Move a task to `to` (recorded in its history) if its status is in `when`.
+
+        Returns the updated document, or None when the task is gone or its
+        status did not allow the move (stopped meanwhile, already final).
+        """
+        at = now()
+        query: dict[str, Any] = {"_id": key}
+        if when is not None:
+            query["status"] = {"$in": sorted(when)}
+        update: dict[str, Any] = {
+            "$set": {"status": to, "updated_at": at, **(fields or {})},
+            "$push": {"history": {"status": to, "at": at}},
+        }
+        if inc:
+            update["$inc"] = inc
+        doc: Doc | None = await self._tasks.find_one_and_update(
+            query, update, return_document=ReturnDocument.AFTER
+        )
+        return doc
+
+    async def set_fields(self, key: str, fields: dict[str, Any]) -> None:
+        await self._tasks.update_one({"_id": key}, {"$set": fields})
+
+    async def get(self, key: str) -> Doc | None:
+        doc: Doc | None = await self._tasks.find_one({"_id": key})
+        return doc
+
+    async def find(self, tenant: str, task_id: str, function: str | None = None) -> Doc | None:
+        """A task by id (the newest when several functions used the same id)."""
+        query: dict[str, Any] = {"tenant": tenant, "task_id": task_id}
+        if function:
+            query["function"] = function
+        docs = await self._tasks.find(query).sort("created_at", DESCENDING).limit(1).to_list(1)
+        return docs[0] if docs else None
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        prefix: str | None = None,
+        limit: int = 50,
+        cursor: tuple[datetime, str] | None = None,
+    ) -> list[Doc]:
+        """Newest first; `cursor` is the (created_at, _id) of the last task of the previous page."""
+        query: dict[str, Any] = {"tenant": tenant}
+        if function:
+            query["function"] = function
+        if status:
+            query["status"] = status
+        created: dict[str, Any] = {}
+        if since:
+            created["$gte"] = since
+        if until:
+            created["$lt"] = until
+        if created:
+            query["created_at"] = created
+        if prefix:
+            query["task_id"] = {"$regex": "^" + _escape(prefix)}
+        if cursor is not None:
+            at, key = cursor
+            query["$or"] = [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": key}}]
+        projection = {"payload": 0, "logs": 0, "result": 0}
+        found = self._tasks.find(query, projection).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]
+        )
+        docs: list[Doc] = await found.limit(limit).to_list(limit)
+        return docs
+
+    async def delete_function_tasks(self, tenant: str, function: str, when: frozenset[str]) -> int:
+        result = await self._tasks.delete_many(
+            {"tenant": tenant, "function": function, "status": {"$in": sorted(when)}}
+        )
+        return int(result.deleted_count)
+
+    async def mark_function_tasks(self, tenant: str, function: str, when: frozenset[str], to: str) -> int:
+        """Bulk status change of a function's tasks (delete -> Invalid; batch stop)."""
+        at = now()
+        result = await self._tasks.update_many(
+            {"tenant": tenant, "function": function, "status": {"$in": sorted(when)}},
+            {
+                "$set": {"status": to, "updated_at": at},
+                "$push": {"history": {"status": to, "at": at}},
+            },
+        )
+        return int(result.modified_count)
+
+
+def _escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def describe(doc: Doc, *, with_payload: bool = False) -> dict[str, Any]:
+    """A task as the API shows it (contract fields first)."""
+    out: dict[str, Any] = {
+        "task_id": doc["task_id"],
+        "request_id": doc.get("request_id"),
+        "function": doc["function"],
+        "version": doc.get("version"),
+        "status": doc["status"],
+        "attempts": doc.get("attempts", 0),
+        "approximate_invoke_count": doc.get("invoke_count", 0),
+        "created_at": iso(doc.get("created_at")),
+        "updated_at": iso(doc.get("updated_at")),
+        "due_at": iso(doc.get("due_at")),
+        "history": [{"status": h["status"], "at": iso(h["at"])} for h in doc.get("history", [])],
+        "timings": doc.get("timings", {}),
+        "container": doc.get("container"),
+        "destination": doc.get("destination"),
+    }
+    if "error" in doc and doc["error"] is not None:
+        out["error"] = doc["error"]
+    if doc.get("result") is not None:
+        out["result"] = _payload_view(bytes(doc["result"]), doc.get("result_type"))
+    if with_payload and doc.get("payload") is not None:
+        out["payload"] = _payload_view(bytes(doc["payload"]), doc.get("content_type"))
+    return out
+
+
+def _payload_view(data: bytes, content_type: str | None) -> Any:
+    import orjson
+
+    if content_type and "json" in content_type:
+        try:
+            return orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            pass
+    return {"base64": base64.b64encode(data).decode()}

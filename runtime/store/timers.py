@@ -1,0 +1,95 @@
+"""Durable timers in MongoDB: delayed tasks, retry backoff, parked (paused) tasks.
+
+A timer holds the whole invocation message; when it is due, a scheduler
+claims it (a lease, so two schedulers do not both publish it), publishes it
+to the tenant's queue with a confirm, then deletes it. It survives restarts
+of every component; a scheduler dying after publishing and before deleting
+causes a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING
+
+from runtime.store.mongo import Doc, Mongo
+
+DELAY, RETRY, PARK = "delay", "retry", "park"
+
+
+class TimerStore:
+    def __init__(self, mongo: Mongo) -> None:
+        self._timers = mongo.db["timers"]
+
+    async def ensure_indexes(self) -> None:
+        await self._timers.create_index([("due_at", ASCENDING)])
+        await self._timers.create_index([("tenant", ASCENDING), ("function", ASCENDING), ("kind", ASCENDING)])
+
+    async def schedule(
+        self,
+        key: str,
+        due_at: datetime,
+        *,
+        kind: str,
+        tenant: str,
+        function: str,
+        headers: dict[str, Any],
+        body: bytes,
+        content_type: str | None,
+    ) -> None:
+        await self._timers.replace_one(
+            {"_id": key},
+            {
+                "due_at": due_at,
+                "kind": kind,
+                "tenant": tenant,
+                "function": function,
+                "headers": headers,
+                "body": Binary(body),
+                "content_type": content_type,
+                "lease_until": None,
+                "lease": None,
+            },
+            upsert=True,
+        )
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[Doc]:
+        """Due timers, each leased to this caller for `lease_s`."""
+        now = datetime.now(UTC)
+        found = self._timers.find(
+            {"due_at": {"$lte": now}, "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}}]},
+        ).sort("due_at", ASCENDING).limit(limit)
+        claimed = []
+        for doc in await found.to_list(limit):
+            lease = secrets.token_hex(8)
+            result = await self._timers.update_one(
+                {"_id": doc["_id"], "lease": doc.get("lease")},
+                {"$set": {"lease": lease, "lease_until": now + timedelta(seconds=lease_s)}},
+            )
+            if result.modified_count == 1:
+                doc["lease"] = lease
+                claimed.append(doc)
+        return claimed
+
+    async def done(self, doc: Doc) -> None:
+        await self._timers.delete_one({"_id": doc["_id"], "lease": doc["lease"]})
+
+    async def cancel(self, key: str) -> bool:
+        result = await self._timers.delete_one({"_id": key})
+        return result.deleted_count == 1
+
+    async def fire_now(self, key: str) -> bool:
+        result = await self._timers.update_one({"_id": key}, {"$set": {"due_at": datetime.now(UTC)}})
+        return result.modified_count == 1
+
+    async def release_parked(self, tenant: str, function: str) -> int:
+        """A function was resumed: its parked tasks are due now."""
+        result = await self._timers.update_many(
+            {"tenant": tenant, "function": function, "kind": PARK},
+            {"$set": {"due_at": datetime.now(UTC)}},
+        )
+        return int(result.modified_count)

@@ -1,0 +1,1 @@
+"""Asynchronous invocations: task statuses, submission, and the task lifecycle."""
