@@ -60,7 +60,7 @@ class Services:
         self.publisher = InvokePublisher(self.connection)
         await self.publisher.start()
         self.submitter = Submitter(self.tasks, self.timers, self.publisher)
-        self.control = ControlBus(self.connection)
+        self.control = ControlBus(self.connection, self.settings.cluster_id)
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)
         await self.control.start()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.harness import MongoServer, Platform
+from tests.harness import MongoServer, Platform, own_platform
 
 
 @pytest.fixture(scope="session")
@@ -20,16 +20,10 @@ def mongo() -> Iterator[MongoServer]:
 
 @pytest.fixture(scope="session")
 def platform(mongo: MongoServer) -> Iterator[Platform]:
-    """The shared platform: gateway + scheduler with 2 stem cells and a long keep-alive."""
-    p = Platform(mongo.url)
-    try:
-        p.start()
-    except Exception:
-        print(p.tail())
-        p.stop()
-        raise
-    yield p
-    p.stop()
+    """The shared platform: gateway + scheduler with 2 stem cells and a long keep-alive,
+    on a RabbitMQ vhost of its own (no other test run can consume its queues)."""
+    with own_platform(mongo.url) as p:
+        yield p
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ class MongoServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(port, 60, self.proc)
-        self.url = f"mongodb://127.0.0.1:{port}"
+        self.url = f"mongodb://127.0.0.1:{port}/?retryWrites=false"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -350,3 +350,189 @@ def own_platform(mongo_url: str, **settings: Any) -> Iterator[Platform]:
     finally:
         platform.stop()
         vhost.delete()
+
+
+# -- asynchronous invocations ---------------------------------------------------
+
+FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped", "Expired", "Invalid"})
+
+
+def submit_event(client: httpx.Client, name: str, payload: Any = None,
+                 headers: dict[str, str | bytes] | None = None,
+                 content: bytes | None = None) -> httpx.Response:
+    """An async (`X-Invocation-Type: Event`) invocation of `name` with a JSON payload,
+    or raw `content` when given."""
+    import json
+
+    body = content if content is not None else (b"" if payload is None else json.dumps(payload).encode())
+    return client.post(
+        f"/v1/functions/{name}/invocations", content=body,
+        headers={"Content-Type": "application/json", "X-Invocation-Type": "Event",
+                 **(headers or {})},
+    )
+
+
+def wait_task(client: httpx.Client, task_id: str, statuses: set[str] | frozenset[str] = FINAL_STATUSES,
+              timeout: float = 30.0, function: str | None = None,
+              until: Any = None) -> dict[str, Any]:
+    """Poll `GET /v1/tasks/{task_id}` until its status is in `statuses` (and `until(task)`
+    holds, when given); returns the task, or fails naming the last one seen."""
+    deadline = time.monotonic() + timeout
+    params = {"function": function} if function else None
+    task: dict[str, Any] = {}
+    while True:
+        r = client.get(f"/v1/tasks/{task_id}", params=params)
+        if r.status_code == 200:
+            task = r.json()
+            if task["status"] in statuses and (until is None or until(task)):
+                return task
+        elif r.status_code != 404:
+            raise AssertionError(f"GET /v1/tasks/{task_id}: {r.status_code} {r.text[:500]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"task {task_id} did not reach {sorted(statuses)} in {timeout} s: {task}"
+            )
+        time.sleep(0.1)
+
+
+def list_all_tasks(client: httpx.Client, limit: int = 50, **filters: str) -> list[dict[str, Any]]:
+    """Every task `GET /v1/tasks` shows for `filters`, following `next_cursor`."""
+    tasks: list[dict[str, Any]] = []
+    params: dict[str, Any] = {**filters, "limit": limit}
+    for _ in range(1000):
+        r = client.get("/v1/tasks", params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        tasks.extend(body["tasks"])
+        if not body["next_cursor"]:
+            return tasks
+        params["cursor"] = body["next_cursor"]
+    raise AssertionError("GET /v1/tasks paging did not end after 1000 pages")
+
+
+# -- destinations: a webhook receiver and a queue reader --------------------------
+
+
+class Webhook:
+    """A real HTTP server on 127.0.0.1 (a thread) that records every POST it gets.
+
+    `status` is what it answers (200 by default; 500 makes every delivery fail).
+    Use it as a context manager; `url` is where to point a `webhook` destination.
+    """
+
+    def __init__(self, status: int = 200) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status = status
+        self.posts: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                import json
+
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body: Any = json.loads(raw)
+                except ValueError:
+                    body = None
+                post = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "raw": raw, "json": body, "at": time.time()}
+                with hook._arrived:
+                    hook.posts.append(post)
+                    hook._arrived.notify_all()
+                answer = b'{"ok": true}' if hook.status < 400 else b'{"error": "on purpose"}'
+                self.send_response(hook.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True)
+
+    def __enter__(self) -> Webhook:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON bodies received so far."""
+        with self._lock:
+            return [p["json"] for p in self.posts]
+
+    def wait(self, count: int = 1, timeout: float = 30.0, task_id: str | None = None) -> list[dict[str, Any]]:
+        """Wait until `count` POSTs arrived (those of `task_id` only, when given); returns them."""
+        deadline = time.monotonic() + timeout
+
+        def matching() -> list[dict[str, Any]]:
+            if task_id is None:
+                return list(self.posts)
+            return [p for p in self.posts
+                    if isinstance(p["json"], dict)
+                    and p["json"].get("requestContext", {}).get("taskId") == task_id]
+
+        with self._arrived:
+            while len(found := matching()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"the webhook got {len(found)} of {count} POSTs in {timeout} s"
+                        f"{' for task ' + task_id if task_id else ''}: {[p['json'] for p in self.posts]}"
+                    )
+                self._arrived.wait(left)
+            return found
+
+
+def read_queue(amqp_url: str, queue: str, count: int = 1, timeout: float = 15.0
+               ) -> list[tuple[dict[str, Any], bytes]]:
+    """Take `count` messages from a durable RabbitMQ queue (waiting for it to be declared
+    and filled): a list of (headers plus `content_type` and `message_id`, body)."""
+    import asyncio
+
+    import aio_pika
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    async def run() -> list[tuple[dict[str, Any], bytes]]:
+        got: list[tuple[dict[str, Any], bytes]] = []
+        deadline = time.monotonic() + timeout
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            while len(got) < count:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"queue {queue}: {len(got)} of {count} messages in {timeout} s")
+                channel = await connection.channel()
+                try:
+                    q = await channel.declare_queue(queue, passive=True)
+                    while len(got) < count:
+                        message = await q.get(no_ack=False, fail=False)
+                        if message is None:
+                            break
+                        meta = {**dict(message.headers or {}), "content_type": message.content_type,
+                                "message_id": message.message_id}
+                        got.append((meta, message.body))
+                        await message.ack()
+                    await channel.close()
+                except ChannelNotFoundEntity:
+                    pass  # not declared yet: the first record declares it
+                if len(got) < count:
+                    await asyncio.sleep(0.1)
+            return got
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())

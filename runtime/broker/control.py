@@ -21,8 +21,12 @@ Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class ControlBus:
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    """Every event carries the cluster id; events of other clusters sharing the
+    broker (another deployment, a test run) are dropped on arrival."""
+
+    def __init__(self, connection: AbstractRobustConnection, cluster: str) -> None:
         self._connection = connection
+        self._cluster = cluster
         self._handlers: list[Handler] = []
         self._exchange: AbstractExchange | None = None
 
@@ -38,7 +42,7 @@ class ControlBus:
 
     async def publish(self, kind: str, **fields: Any) -> None:
         assert self._exchange is not None, "ControlBus.start() first"
-        body = orjson.dumps({"kind": kind, **fields})
+        body = orjson.dumps({"kind": kind, **fields, "cluster": self._cluster})
         await self._exchange.publish(aio_pika.Message(body), routing_key="")
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -46,6 +50,8 @@ class ControlBus:
             event = orjson.loads(message.body)
         except orjson.JSONDecodeError:
             log.warning("dropping a control message that is not JSON")
+            return
+        if not isinstance(event, dict) or event.get("cluster") != self._cluster:
             return
         for handler in self._handlers:
             try:

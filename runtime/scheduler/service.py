@@ -70,7 +70,7 @@ class Scheduler:
         self.runner = TaskRunner(
             self.cache, self.invoker, self.pool, self.tasks, self.timers, self.destinations
         )
-        self.control = ControlBus(self.connection)
+        self.control = ControlBus(self.connection, self.settings.cluster_id)
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self._prefetch)
         self.control.subscribe(self.membership.on_control)
@@ -127,7 +127,6 @@ class Scheduler:
                 await self.control.publish(
                     c.CTL_HEARTBEAT,
                     scheduler=self.settings.scheduler_id,
-                    cluster=self.settings.cluster_id,
                     address=self.hop.address,
                     docker=docker_ok,
                     started=self._started,
@@ -139,11 +138,7 @@ class Scheduler:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         with contextlib.suppress(Exception):
-            await self.control.publish(
-                c.CTL_SCHEDULER_DOWN,
-                scheduler=self.settings.scheduler_id,
-                cluster=self.settings.cluster_id,
-            )
+            await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
         if hasattr(self, "timer_loop"):
             self.timer_loop.close()
         if hasattr(self, "consumers"):

@@ -39,6 +39,7 @@ RUNNABLE = frozenset({st.ENQUEUED, st.RETRYING, st.PROCESSED, st.RUNNING})
 PARK_S = 5.0
 MAX_BACKOFF_S = 300.0
 H_THROTTLES = "throttles"
+H_QUEUED_MS = "queued_ms"  # when a timer put it back in the queue
 
 
 def backoff_s(base: float, attempt: int) -> float:
@@ -59,6 +60,7 @@ class Job:
     attempt: int
     task_mode: bool
     throttles: int
+    queued_at: datetime
 
     @property
     def key(self) -> str:
@@ -77,12 +79,19 @@ class Job:
             attempt=int(h.get(c.H_ATTEMPT, 1)),
             task_mode=bool(h.get(c.H_TASK_MODE, True)),
             throttles=int(h.get(H_THROTTLES, 0)),
+            queued_at=datetime.fromtimestamp(
+                int(h.get(H_QUEUED_MS) or h[c.H_CREATED_MS]) / 1000, UTC
+            ),
         )
 
     def headers(self, **changes: Any) -> dict[str, Any]:
         headers = dict(self.message.headers or {})
         headers.update(changes)
         return headers
+
+
+class NotRunnable(Exception):
+    """The task's record forbids running it (stopped, deleted, already final)."""
 
 
 class TaskRunner:
@@ -147,7 +156,7 @@ class TaskRunner:
         record = await self._cache.get(job.tenant, job.function)
         if record is None:
             if job.task_mode:
-                await self._tasks.transition(
+                await self._tasks.advance(
                     job.key, st.INVALID, when=RUNNABLE | {st.STOPPING},
                     fields={"error": _error("Fnhost.FunctionDeleted", "the function was deleted")},
                 )
@@ -156,41 +165,41 @@ class TaskRunner:
         if record.config.paused:
             await self._schedule(job, PARK, datetime.now(UTC) + timedelta(seconds=PARK_S), job.headers())
             return
-        invoke_count = job.attempt
-        if job.task_mode:
-            queued_since = job.created_at
-            doc = await self._tasks.transition(
-                job.key, st.PROCESSED, when=RUNNABLE,
-                fields={"timings.queue_ms": _ms_since(queued_since)},
-            )
-            if doc is None:
-                await self._not_runnable(job, record)
-                return
-            invoke_count = int(doc.get("invoke_count", 0)) + 1
-        elif job.message.redelivered:
-            invoke_count += 1
-        if (datetime.now(UTC) - job.created_at).total_seconds() > config.max_event_age_s:
+        # Approximate, as the contract says: a redelivery after a crash counts once more.
+        invoke_count = job.attempt + (1 if job.message.redelivered else 0)
+        processed_at = datetime.now(UTC)
+        if (processed_at - job.created_at).total_seconds() > config.max_event_age_s:
             await self._finish(
                 job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, None, invoke_count,
                 error=_error("Fnhost.EventAgeExceeded", "the event was older than max_event_age_s"),
             )
             return
 
+        started = False
+
         async def on_start(lease: Lease) -> None:
+            nonlocal started
+            started = True
             self._running[job.key] = lease.container
             if job.key in self._stop_requested:
                 self._pool.discard(lease.container)
             if job.task_mode:
-                await self._tasks.transition(
-                    job.key, st.RUNNING, when=frozenset({st.PROCESSED}),
+                # Processed and Running go in one write: Processed keeps the time
+                # the message was dequeued, Running the time a container was bound.
+                applied = await self._tasks.advance(
+                    job.key, st.RUNNING, when=RUNNABLE,
+                    earlier=[(st.PROCESSED, processed_at)],
                     fields={
                         "version": record.version,
                         "container": lease.container.short_id,
+                        "timings.queue_ms": _ms_between(job.queued_at, processed_at),
                         "timings.start": lease.start.value,
                         "timings.init_ms": round(lease.init_ms, 3),
                     },
                     inc={"attempts": 1, "invoke_count": 1},
                 )
+                if not applied:
+                    raise NotRunnable
 
         invocation = Invocation(
             request_id=job.request_id,
@@ -201,6 +210,9 @@ class TaskRunner:
         )
         try:
             outcome = await self._invoker.invoke(record, invocation, on_start=on_start)
+        except NotRunnable:
+            await self._not_runnable(job, record)
+            return
         except (Throttled, Unavailable):
             # No capacity: not the function's fault, so not an attempt. Back off and
             # try again until the event's age runs out.
@@ -220,9 +232,11 @@ class TaskRunner:
         elif outcome.retryable and job.attempt <= config.max_retry_attempts:
             await self._retry_later(job, record, config, outcome=outcome)
         else:
+            # A handler that failed to load never reached Running, yet it was an attempt.
+            inc = None if started else {"attempts": 1, "invoke_count": 1}
             await self._finish(
                 job, record, st.FAILED, st.RETRIES_EXHAUSTED, outcome, invoke_count,
-                error=outcome.error,
+                error=outcome.error, inc=inc,
             )
 
     async def _not_runnable(self, job: Job, record: FunctionRecord) -> None:
@@ -258,6 +272,7 @@ class TaskRunner:
             wait = backoff_s(config.retry_backoff_s, job.attempt)
             headers = job.headers(**{c.H_ATTEMPT: job.attempt + 1, H_THROTTLES: 0})
         due = datetime.now(UTC) + timedelta(seconds=wait)
+        headers[H_QUEUED_MS] = int(due.timestamp() * 1000)
         if (due - job.created_at).total_seconds() > config.max_event_age_s:
             await self._finish(
                 job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, outcome, job.attempt,
@@ -269,7 +284,7 @@ class TaskRunner:
             if outcome is not None:
                 fields.update(_outcome_fields(outcome))
                 fields["error"] = outcome.error
-            await self._tasks.transition(job.key, st.RETRYING, when=RUNNABLE, fields=fields)
+            await self._tasks.advance(job.key, st.RETRYING, when=RUNNABLE, fields=fields)
         await self._schedule(job, RETRY, due, headers)
 
     async def _schedule(self, job: Job, kind: str, due: datetime, headers: dict[str, Any]) -> None:
@@ -281,6 +296,7 @@ class TaskRunner:
     async def _finish(
         self, job: Job, record: FunctionRecord, status: str, condition: str,
         outcome: Outcome | None, invoke_count: int, error: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
     ) -> None:
         """Deliver the destination record, then store the final status: then it may be acked."""
         config = record.config.async_
@@ -301,7 +317,11 @@ class TaskRunner:
         }
         if outcome is not None:
             fields.update(_outcome_fields(outcome))
-        await self._tasks.transition(job.key, status, when=RUNNABLE | {st.STOPPING}, fields=fields)
+        if inc:
+            fields.setdefault("version", record.version)
+        await self._tasks.advance(
+            job.key, status, when=RUNNABLE | {st.STOPPING}, fields=fields, inc=inc
+        )
 
     def _record(
         self, job: Job, record: FunctionRecord, condition: str, outcome: Outcome | None,
@@ -330,8 +350,8 @@ def _error(kind: str, message: str) -> dict[str, Any]:
     return {"errorType": kind, "errorMessage": message, "stackTrace": []}
 
 
-def _ms_since(at: datetime) -> float:
-    return round((datetime.now(UTC) - at).total_seconds() * 1000, 3)
+def _ms_between(start: datetime, end: datetime) -> float:
+    return round(max(0.0, (end - start).total_seconds()) * 1000, 3)
 
 
 RESULT_LIMIT = 1 << 20

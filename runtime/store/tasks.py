@@ -16,6 +16,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from runtime.errors import Conflict
+from runtime.store.batch import BatchWriter
 from runtime.store.mongo import Doc, Mongo
 from runtime.tasks import status as st
 
@@ -23,7 +24,13 @@ TASK_IDS = "task_ids"  # ids claimed by functions without task mode (no record)
 
 
 def task_key(tenant: str, function: str, task_id: str) -> str:
-    return f"{tenant}/{function}/{task_id}"
+    # Tenant, then task id: a task is found by id with a range scan of the
+    # _id index alone (no secondary index to maintain on every insert).
+    return f"{tenant}/{task_id}/{function}"
+
+
+def _prefix_range(prefix: str) -> dict[str, str]:
+    return {"$gte": prefix, "$lt": prefix + "\uffff"}
 
 
 def iso(value: datetime | None) -> str | None:
@@ -41,15 +48,13 @@ class TaskStore:
         self._tasks = mongo.db["tasks"]
         self._ids = mongo.db[TASK_IDS]
         self._retention = timedelta(seconds=retention_s)
+        self._task_writes = BatchWriter(self._tasks)
+        self._id_writes = BatchWriter(self._ids)
 
     async def ensure_indexes(self) -> None:
         await self._tasks.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
         await self._tasks.create_index(
             [("tenant", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]
-        )
-        await self._tasks.create_index([("tenant", ASCENDING), ("task_id", ASCENDING)])
-        await self._tasks.create_index(
-            [("tenant", ASCENDING), ("function", ASCENDING), ("status", ASCENDING)]
         )
         await self._ids.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
@@ -87,7 +92,7 @@ class TaskStore:
             "content_type": content_type,
         }
         try:
-            await self._tasks.insert_one(doc)
+            await self._task_writes.insert(doc)
         except DuplicateKeyError:
             existing = await self._tasks.find_one({"_id": key}, {"status": 1})
             state = existing["status"] if existing else "unknown"
@@ -99,7 +104,7 @@ class TaskStore:
         """Reserve a caller-chosen id for a function without task mode (no record kept)."""
         key = task_key(tenant, function, task_id)
         try:
-            await self._ids.insert_one({"_id": key, "expire_at": created_at + self._retention})
+            await self._id_writes.insert({"_id": key, "expire_at": created_at + self._retention})
         except DuplicateKeyError:
             raise Conflict(
                 f"task {task_id!r} of function {function!r} already exists (no record: task mode is off)"
@@ -142,6 +147,32 @@ class TaskStore:
         )
         return doc
 
+    async def advance(
+        self,
+        key: str,
+        to: str,
+        *,
+        when: frozenset[str],
+        fields: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        earlier: list[tuple[str, datetime]] | None = None,
+    ) -> bool:
+        """`transition` for the hot path: batched with other writes, returns only
+        whether it applied. `earlier` adds statuses passed on the way (with their
+        times) to the history before `to`, in the same write."""
+        at = now()
+        entries = [{"status": s, "at": t} for s, t in (earlier or [])]
+        entries.append({"status": to, "at": at})
+        update: dict[str, Any] = {
+            "$set": {"status": to, "updated_at": at, **(fields or {})},
+            "$push": {"history": {"$each": entries}},
+        }
+        if inc:
+            update["$inc"] = inc
+        return await self._task_writes.update(
+            {"_id": key, "status": {"$in": sorted(when)}}, update
+        )
+
     async def set_fields(self, key: str, fields: dict[str, Any]) -> None:
         await self._tasks.update_one({"_id": key}, {"$set": fields})
 
@@ -151,11 +182,12 @@ class TaskStore:
 
     async def find(self, tenant: str, task_id: str, function: str | None = None) -> Doc | None:
         """A task by id (the newest when several functions used the same id)."""
-        query: dict[str, Any] = {"tenant": tenant, "task_id": task_id}
         if function:
-            query["function"] = function
-        docs = await self._tasks.find(query).sort("created_at", DESCENDING).limit(1).to_list(1)
-        return docs[0] if docs else None
+            doc: Doc | None = await self._tasks.find_one({"_id": task_key(tenant, function, task_id)})
+            return doc
+        query = {"_id": _prefix_range(f"{tenant}/{task_id}/")}
+        docs = await self._tasks.find(query).to_list(100)
+        return max(docs, key=lambda d: d["created_at"]) if docs else None
 
     async def list(
         self,
@@ -196,7 +228,7 @@ class TaskStore:
 
     async def delete_function_tasks(self, tenant: str, function: str, when: frozenset[str]) -> int:
         result = await self._tasks.delete_many(
-            {"tenant": tenant, "function": function, "status": {"$in": sorted(when)}}
+            {"_id": _prefix_range(f"{tenant}/"), "function": function, "status": {"$in": sorted(when)}}
         )
         return int(result.deleted_count)
 
@@ -204,7 +236,7 @@ class TaskStore:
         """Bulk status change of a function's tasks (delete -> Invalid; batch stop)."""
         at = now()
         result = await self._tasks.update_many(
-            {"tenant": tenant, "function": function, "status": {"$in": sorted(when)}},
+            {"_id": _prefix_range(f"{tenant}/"), "function": function, "status": {"$in": sorted(when)}},
             {
                 "$set": {"status": to, "updated_at": at},
                 "$push": {"history": {"status": to, "at": at}},

@@ -147,12 +147,12 @@ def test_empty_mongo_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("FNHOST_MONGO_URL", "")
     s = load_settings()
     assert s.mongo_url is None
-    assert s.effective_mongo_url == "mongodb://127.0.0.1:27017"
+    assert s.effective_mongo_url == "mongodb://127.0.0.1:27017/?retryWrites=false"
 
 
 def test_effective_mongo_url_uses_embedded_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FNHOST_EMBEDDED_MONGO_PORT", "27999")
-    assert load_settings().effective_mongo_url == "mongodb://127.0.0.1:27999"
+    assert load_settings().effective_mongo_url == "mongodb://127.0.0.1:27999/?retryWrites=false"
 
 
 def test_effective_mongo_url_prefers_configured_url(monkeypatch: pytest.MonkeyPatch) -> None:

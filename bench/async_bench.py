@@ -1,0 +1,715 @@
+"""Async invoke benchmark against a running platform (scripts/up), with a Celery baseline.
+
+(a) accept rate of one gateway: `X-Invocation-Type: Event` POSTs of a no-op
+    function with wrk (32 connections, 10 s); every answer must be a 202,
+    which the gateway sends only after the broker confirmed the message. Once
+    with task mode on (a task record per invocation), once with it off. The
+    scheduler consumes meanwhile, on the same machine; the bench then waits
+    until every accepted task has delivered its destination record.
+(b) end-to-end throughput of a no-op function: N tasks submitted as fast as
+    possible, timed until the last destination record (a `queue` destination,
+    consumed by the bench) is back; against Celery on the same RabbitMQ (a vhost
+    of its own), 2 prefork worker processes, late acks, a result backend,
+    timed until every result is stored.
+
+    .venv/bin/python bench/async_bench.py --url http://127.0.0.1:8080 \
+        --admin-key "$(cat .data/admin-key)"
+
+Everything the bench makes is removed at the end: its functions, the
+destination queues and the tenant's queue, the Celery worker, vhost and result
+database. The tenant itself stays (there is no API to delete a tenant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+NOOP = ROOT / "functions" / "noop"
+QUORUM = {"x-queue-type": "quorum"}
+MODES = {"task": True, "notask": False}  # task mode on / off
+ACCEPT_TARGET = 2500.0  # 202s per second of one gateway
+RATIO_TARGET = 1.5  # fnhost tasks/s over Celery's
+CELERY_VARIANTS = {
+    # Durable like fnhost: a quorum queue and a producer that waits for the confirm.
+    "durable": {"queue_type": "quorum", "confirm": True},
+    # Celery's defaults: a classic queue, no publisher confirms.
+    "classic": {"queue_type": "classic", "confirm": False},
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def zip_folder(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(folder / "main.py", "main.py")
+        zf.write(folder / "fnhost.json", "fnhost.json")
+    return buf.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# -- a minimal keep-alive HTTP/1.1 client ----------------------------------------
+# The submitting client must cost the machine less than the gateway it measures:
+# one asyncio stream per connection, no HTTP library.
+
+
+class HttpConnection:
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send `head` (request line and headers, no Content-Length) and `body`."""
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        assert self._reader is not None
+        self._writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        raw = await self._reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            data = await self._reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            data = await self._chunked()
+        else:
+            data = await self._reader.read()
+            self.close()
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, data
+
+    async def _chunked(self) -> bytes:
+        assert self._reader is not None
+        out = bytearray()
+        while True:
+            size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await self._reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                return bytes(out)
+            out += (await self._reader.readexactly(size + 2))[:-2]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+def event_head(url: str, key: str, function: str) -> bytes:
+    parts = urlsplit(url)
+    return (
+        f"POST /v1/functions/{function}/invocations HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\n"
+        f"Authorization: Bearer {key}\r\n"
+        "Content-Type: application/json\r\n"
+        "X-Invocation-Type: Event\r\n"
+    ).encode()
+
+
+# -- the platform: tenant, functions, queues ---------------------------------------
+
+
+class Platform:
+    def __init__(self, url: str, admin_key: str, amqp_url: str, tag: str) -> None:
+        self.url = url
+        self.amqp_url = amqp_url
+        self.tag = tag
+        admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+        r = admin.post("/v1/tenants", json={"name": f"bench-async-{tag}"})
+        r.raise_for_status()
+        self.tenant = str(r.json()["id"])
+        self.key = str(r.json()["api_key"])
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60)
+        self.functions: list[str] = []
+        self.queues: list[str] = [f"fnhost.t.{self.tenant}"]
+        self.connection: aio_pika.abc.AbstractConnection | None = None
+
+    def function(self, mode: str) -> str:
+        return f"noop-{mode}"
+
+    def destination(self, mode: str) -> str:
+        return f"fnhost.d.{self.tenant}.done-{mode}"
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect(self.amqp_url)
+
+    def deploy(self, mode: str, max_concurrency: int | None) -> None:
+        name = self.function(mode)
+        config: dict[str, Any] = {
+            "async": {"task_mode": MODES[mode], "on_success": {"type": "queue", "name": f"done-{mode}"}}
+        }
+        if max_concurrency is not None:
+            config["max_concurrency"] = max_concurrency
+        r = self.http.put(
+            f"/v1/functions/{name}",
+            files={"code": ("bundle.zip", zip_folder(NOOP), "application/zip"),
+                   "config": (None, json.dumps(config), "application/json")},
+        )
+        if r.status_code not in (200, 201):
+            raise SystemExit(f"deploying {name}: {r.status_code} {r.text[:500]}")
+        self.functions.append(name)
+        r = self.http.post(f"/v1/functions/{name}/invocations", json={},
+                           headers={"X-Invocation-Type": "Event"})
+        if r.status_code == 501:
+            raise SystemExit(f"{self.url} answers 501 to Event invocations: it runs a release "
+                             "without them; restart the platform on this code")
+        if r.status_code != 202:
+            raise SystemExit(f"Event invocation of {name}: {r.status_code} {r.text[:500]}")
+        for _ in range(5):  # warm its container on the sync path too
+            self.http.post(f"/v1/functions/{name}/invocations", json={}).raise_for_status()
+
+    async def declare(self, queue: str) -> None:
+        assert self.connection is not None
+        async with self.connection.channel() as channel:
+            await channel.declare_queue(queue, durable=True, arguments=QUORUM)
+        self.queues.append(queue)
+
+    async def count(self, queue: str) -> int:
+        """Ready messages in `queue` (nobody consumes a destination queue during (a))."""
+        assert self.connection is not None
+        async with self.connection.channel() as channel:
+            q = await channel.declare_queue(queue, passive=True)
+            return int(q.declaration_result.message_count or 0)
+
+    async def purge(self, queue: str) -> None:
+        assert self.connection is not None
+        async with self.connection.channel() as channel:
+            q = await channel.declare_queue(queue, passive=True)
+            await q.purge()
+
+    async def cleanup(self) -> None:
+        for name in self.functions:
+            with contextlib.suppress(httpx.HTTPError):
+                self.http.delete(f"/v1/functions/{name}")
+        if self.connection is None:
+            return
+        for queue in self.queues:
+            try:
+                async with self.connection.channel() as channel:
+                    await channel.queue_delete(queue)
+            except Exception as exc:
+                log(f"could not delete queue {queue}: {exc}")
+        await self.connection.close()
+
+
+# -- (a) accept rate with wrk ------------------------------------------------------
+
+LUA = """\
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+wrk.headers["X-Invocation-Type"] = "Event"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) accepted = 0; other = 0; last_other = 0 end
+function response(status, headers, body)
+  if status == 202 then accepted = accepted + 1 else other = other + 1; last_other = status end
+end
+function done(summary, latency, requests)
+  local a, o, s = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("accepted"); o = o + t:get("other")
+    if t:get("last_other") ~= 0 then s = t:get("last_other") end
+  end
+  io.write(string.format("FNHOST accepted=%%d other=%%d other_status=%%d\\n", a, o, s))
+end
+"""
+
+
+def wrk_events(url: str, key: str, function: str, connections: int, seconds: int,
+               threads: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(LUA % {"key": key})
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name,
+           f"{url}/v1/functions/{function}/invocations"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(lua.name)
+
+    def pct(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m is None:
+            raise SystemExit(f"cannot parse wrk output:\n{out}")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    counts = re.search(r"FNHOST accepted=(\d+) other=(\d+) other_status=(\d+)", out)
+    duration = re.search(r"requests in ([\d.]+)(ms|s|m)", out)
+    if counts is None or duration is None:
+        raise SystemExit(f"cannot parse wrk output:\n{out}")
+    seconds_run = float(duration.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[duration.group(2)]
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = sum(int(g) for g in sock.groups()) if sock else 0
+    accepted, other = int(counts.group(1)), int(counts.group(2))
+    return {
+        "accepted": accepted,
+        "non_202": other,
+        "last_non_202_status": int(counts.group(3)) or None,
+        "socket_errors": socket_errors,
+        "seconds": round(seconds_run, 2),
+        "accepted_per_s": round(accepted / seconds_run, 1),
+        "p50_ms": round(pct("50%"), 3),
+        "p99_ms": round(pct("99%"), 3),
+        "connections": connections,
+        "wrk_output": out,
+    }
+
+
+async def accept_rate(p: Platform, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    queue = p.destination(mode)
+    await p.purge(queue)
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    log(f"(a) wrk: {args.connections} connections, {args.seconds} s, {p.function(mode)}")
+    result = await asyncio.to_thread(
+        wrk_events, p.url, p.key, p.function(mode), args.connections, args.seconds, args.wrk_threads
+    )
+    result["loadavg_1m_before"] = round(load, 2)
+    # Every accepted task must come back as a destination record (nothing lost); the
+    # backlog also has to be gone before the next figure is measured.
+    log(f"(a) {result['accepted']} accepted ({result['accepted_per_s']}/s); "
+        "waiting for every task to deliver its record")
+    deadline = time.monotonic() + args.drain_timeout
+    count = last = -1
+    stable_since = time.monotonic()
+    while True:
+        count = await p.count(queue)
+        now = time.monotonic()
+        if count != last:
+            last, stable_since = count, now
+        if count >= result["accepted"] and now - stable_since >= 2.0:
+            break
+        if now > deadline:
+            break
+        await asyncio.sleep(0.5)
+    drained_at = stable_since
+    result["records"] = count
+    result["drained"] = count >= result["accepted"]
+    result["drain_s"] = round(drained_at - started, 1)
+    result["end_to_end_per_s_with_backlog"] = round(count / (drained_at - started), 1)
+    if not result["drained"]:
+        log(f"(a) only {count} of {result['accepted']} records after {args.drain_timeout} s; "
+            "purging the tenant queue")
+        await p.purge(f"fnhost.t.{p.tenant}")
+        await asyncio.sleep(5)
+    await p.purge(queue)
+    return result
+
+
+# -- (b) end to end: fnhost ---------------------------------------------------------
+
+
+async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
+    """Submit n Event invocations over `concurrency` connections; time until the n-th record."""
+    assert p.connection is not None
+    queue_name = p.destination(mode)
+    await p.purge(queue_name)
+    channel = await p.connection.channel()
+    await channel.set_qos(prefetch_count=4000)
+    queue = await channel.declare_queue(queue_name, durable=True, arguments=QUORUM)
+    arrived: dict[str, float] = {}
+    conditions: dict[str, int] = {}
+    done = asyncio.Event()
+    submitted: dict[str, float] = {}
+    submit_finished = False
+
+    async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        now = time.perf_counter()
+        headers = message.headers or {}
+        task_id = str(headers.get("task_id") or message.message_id)
+        arrived.setdefault(task_id, now)
+        condition = str(headers.get("condition"))
+        conditions[condition] = conditions.get(condition, 0) + 1
+        if submit_finished and len(arrived) >= n and submitted.keys() <= arrived.keys():
+            done.set()
+
+    tag = await queue.consume(on_record, no_ack=True)
+    parts = urlsplit(p.url)
+    head = event_head(p.url, p.key, p.function(mode))
+    errors: list[str] = []
+    next_index = 0
+
+    async def submitter() -> None:
+        nonlocal next_index
+        conn = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            while next_index < n:
+                next_index += 1
+                sent = time.perf_counter()
+                status, headers, body = await conn.request(head, b"{}")
+                if status != 202:
+                    errors.append(f"{status} {body[:200]!r}")
+                    continue
+                submitted[headers["x-task-id"]] = sent
+        finally:
+            conn.close()
+
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    submit_s = time.perf_counter() - started
+    submit_finished = True
+    if errors:
+        await queue.cancel(tag)
+        await channel.close()
+        raise SystemExit(f"{len(errors)} of {n} submissions were not accepted, e.g. {errors[:3]}")
+    if len(arrived) >= n and submitted.keys() <= arrived.keys():
+        done.set()
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except TimeoutError:
+        raise SystemExit(f"{mode}: only {len(arrived)} of {n} records after {timeout} s") from None
+    finally:
+        await queue.cancel(tag)
+        await channel.close()
+    last = max(arrived[t] for t in submitted)
+    latencies = [(arrived[t] - sent) * 1000 for t, sent in submitted.items()]
+    total_s = last - started
+    return {
+        "tasks": n,
+        "submit_s": round(submit_s, 3),
+        "submitted_per_s": round(n / submit_s, 1),
+        "total_s": round(total_s, 3),
+        "tasks_per_s": round(n / total_s, 1),
+        "task_latency_p50_ms": round(percentile(latencies, 0.5), 1),
+        "task_latency_p99_ms": round(percentile(latencies, 0.99), 1),
+        "conditions": conditions,
+        "stray_records": len(arrived) - len(submitted),
+        "loadavg_1m_before": round(load, 2),
+    }
+
+
+# -- (b) end to end: Celery ---------------------------------------------------------
+
+
+class Celery:
+    """A Celery worker on the bench's own vhost of the same RabbitMQ, and its producer."""
+
+    def __init__(self, amqp_url: str, vhost: str, backend: str, tag: str, workers: int) -> None:
+        self.vhost = vhost
+        self.broker = urlunsplit(urlsplit(amqp_url)._replace(path="/" + vhost))
+        self.backend = backend
+        self.tag = tag
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.gettempdir()) / f"fnhost-bench-celery-{tag}.log"
+        self.vhost_made = False
+
+    def create_vhost(self) -> None:
+        ctl = shutil.which("rabbitmqctl")
+        if ctl is None:
+            raise SystemExit("rabbitmqctl is needed to create the Celery vhost")
+        user = urlsplit(self.broker).username or "guest"
+        subprocess.run([ctl, "-q", "add_vhost", self.vhost], capture_output=True)  # exists: fine
+        subprocess.run([ctl, "-q", "set_permissions", "-p", self.vhost, user, ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        self.vhost_made = True
+
+    def start_worker(self, queue: str, queue_type: str, confirm: bool) -> None:
+        env = {
+            **os.environ,
+            "BENCH_CELERY_BROKER": self.broker,
+            "BENCH_CELERY_BACKEND": self.backend,
+            "BENCH_CELERY_QUEUE": queue,
+            "BENCH_CELERY_QUEUE_TYPE": queue_type,
+            "BENCH_CELERY_CONFIRM": "1" if confirm else "0",
+        }
+        cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+               "--concurrency", str(self.workers), "--pool", "prefork", "--loglevel", "WARNING",
+               "--without-gossip", "--without-mingle", "--without-heartbeat",
+               "--hostname", f"bench-{self.tag}-{queue_type}@%h"]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=BENCH, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self._wait_consumer(queue)
+
+    def _wait_consumer(self, queue: str, timeout: float = 60) -> None:
+        from kombu import Connection
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the Celery worker exited:\n{self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(Exception), Connection(self.broker) as conn:
+                _, _, consumers = conn.default_channel.queue_declare(queue=queue, passive=True)
+                if consumers > 0:
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"the Celery worker did not consume {queue} in {timeout} s")
+
+    def stop_worker(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def run(self, variant: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+        sys.path.insert(0, str(BENCH))
+        from celery_app import TASK, make_app
+
+        spec = CELERY_VARIANTS[variant]
+        queue = f"bench-{self.tag}-{variant}"
+        self.start_worker(queue, str(spec["queue_type"]), bool(spec["confirm"]))
+        app = make_app(self.broker, self.backend, queue, str(spec["queue_type"]), bool(spec["confirm"]))
+        try:
+            self._batch(app, TASK, warmup, timeout)
+            load = os.getloadavg()[0]
+            started = time.perf_counter()
+            ids = [app.send_task(TASK, args=[{}]).id for _ in range(n)]
+            submit_s = time.perf_counter() - started
+            statuses = self._wait(app, ids, timeout)
+            total_s = time.perf_counter() - started
+        finally:
+            self.stop_worker()
+            with contextlib.suppress(Exception):
+                app.close()
+        if statuses.get("SUCCESS", 0) != n:
+            raise SystemExit(f"Celery {variant}: results {statuses}, expected {n} SUCCESS")
+        return {
+            "tasks": n,
+            "queue_type": spec["queue_type"],
+            "publisher_confirms": spec["confirm"],
+            "result_backend": self.backend.split("://")[0],
+            "worker": f"--concurrency {self.workers} --pool prefork, task_acks_late=True",
+            "submit_s": round(submit_s, 3),
+            "submitted_per_s": round(n / submit_s, 1),
+            "total_s": round(total_s, 3),
+            "tasks_per_s": round(n / total_s, 1),
+            "loadavg_1m_before": round(load, 2),
+        }
+
+    def _batch(self, app: Any, task: str, n: int, timeout: float) -> None:
+        ids = [app.send_task(task, args=[{}]).id for _ in range(n)]
+        self._wait(app, ids, timeout)
+
+    @staticmethod
+    def _wait(app: Any, ids: list[str], timeout: float) -> dict[str, int]:
+        """Block until every result is stored; the count of each final state."""
+        from celery import states
+        from celery.backends.mongodb import MongoBackend
+        from celery.result import AsyncResult, ResultSet
+
+        deadline = time.monotonic() + timeout
+        found: dict[str, int] = {}
+        backend = app.backend
+        if isinstance(backend, MongoBackend):
+            # One query for all pending ids instead of one per AsyncResult.
+            pending = set(ids)
+            while pending:
+                docs = backend.collection.find(
+                    {"_id": {"$in": list(pending)}, "status": {"$in": sorted(states.READY_STATES)}},
+                    {"_id": 1, "status": 1},
+                )
+                for doc in docs:
+                    pending.discard(doc["_id"])
+                    found[doc["status"]] = found.get(doc["status"], 0) + 1
+                if pending:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"Celery: {len(pending)} of {len(ids)} results missing")
+                    time.sleep(0.02)
+            return found
+        results = ResultSet([AsyncResult(i, app=app) for i in ids])
+        if results.supports_native_join:
+            results.join_native(timeout=timeout, propagate=False)
+        else:
+            results.join(timeout=timeout, propagate=False, interval=0.01)
+        for r in results.results:
+            found[r.state] = found.get(r.state, 0) + 1
+        return found
+
+    def cleanup(self) -> None:
+        self.stop_worker()
+        if self.backend.startswith("mongodb://"):
+            with contextlib.suppress(Exception):
+                import pymongo
+
+                parts = urlsplit(self.backend)
+                client: Any = pymongo.MongoClient(self.backend, serverSelectionTimeoutMS=5000)
+                client.drop_database(parts.path.lstrip("/") or "celery")
+                client.close()
+        if self.vhost_made and (ctl := shutil.which("rabbitmqctl")):
+            subprocess.run([ctl, "-q", "delete_vhost", self.vhost], capture_output=True)
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for mode, r in report.get("accept", {}).items():
+        verdict = "met" if r["accepted_per_s"] >= ACCEPT_TARGET else "MISSED"
+        lines.append(
+            f"(a) accept, task mode {'on' if MODES[mode] else 'off'}: {r['accepted_per_s']:,.0f} 202s/s "
+            f"(p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['connections']} connections, "
+            f"{r['non_202']} non-202); target >= {ACCEPT_TARGET:,.0f}/s: {verdict}"
+        )
+    e2e = report.get("end_to_end", {})
+    celery = {k[len("celery_"):]: v for k, v in e2e.items() if k.startswith("celery_")}
+    for mode in MODES:
+        r = e2e.get(f"fnhost_{mode}")
+        if r is None:
+            continue
+        parts = []
+        for variant, c in celery.items():
+            ratio = r["tasks_per_s"] / c["tasks_per_s"]
+            verdict = "met" if ratio >= RATIO_TARGET else "MISSED"
+            parts.append(f"{ratio:.2f}x Celery {variant} ({c['tasks_per_s']:,.0f}/s): {verdict}")
+        lines.append(
+            f"(b) end to end, {r['tasks']} no-op tasks, task mode {'on' if MODES[mode] else 'off'}: "
+            f"{r['tasks_per_s']:,.0f} tasks/s (task p50 {r['task_latency_p50_ms']} ms, "
+            f"p99 {r['task_latency_p99_ms']} ms); " + ("; ".join(parts) or "no Celery run")
+            + f"; target >= {RATIO_TARGET}x"
+        )
+    return lines
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tag = secrets.token_hex(3)
+    modes = [m for m in args.modes.split(",") if m]
+    variants = [v for v in args.celery_variants.split(",") if v]
+    for v in variants:
+        if v not in CELERY_VARIANTS:
+            raise SystemExit(f"unknown Celery variant {v!r}: use {', '.join(CELERY_VARIANTS)}")
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
+        "settings": {k: v for k, v in vars(args).items() if k != "admin_key"},
+    }
+    p = Platform(args.url, args.admin_key, args.amqp_url, tag)
+    celery = Celery(args.amqp_url, args.celery_vhost, args.celery_backend, tag, args.celery_workers)
+    try:
+        await p.start()
+        for mode in modes:
+            await p.declare(p.destination(mode))
+            p.deploy(mode, args.max_concurrency)
+        for mode in modes:  # warm: containers started, queues consumed, caches filled
+            log(f"warm-up: {args.warmup} tasks of {p.function(mode)}")
+            await fnhost_e2e(p, mode, args.warmup, args.submit_connections, args.timeout)
+        if "a" in args.figures:
+            report["accept"] = {}
+            for mode in modes:
+                r = await accept_rate(p, mode, args)
+                wrk_output = r.pop("wrk_output")
+                report["accept"][mode] = r
+                if r["non_202"] or r["socket_errors"]:
+                    raise SystemExit(f"wrk saw {r['non_202']} non-202 answers (last "
+                                     f"{r['last_non_202_status']}) and {r['socket_errors']} "
+                                     f"socket errors:\n{wrk_output}")
+        if "b" in args.figures:
+            e2e: dict[str, Any] = {}
+            report["end_to_end"] = e2e
+            for mode in modes:
+                log(f"(b) fnhost: {args.tasks} tasks of {p.function(mode)}")
+                e2e[f"fnhost_{mode}"] = await fnhost_e2e(
+                    p, mode, args.tasks, args.submit_connections, args.timeout
+                )
+            if variants:
+                celery.create_vhost()
+            for variant in variants:
+                log(f"(b) Celery {variant}: {args.tasks} tasks, {args.celery_workers} worker processes")
+                e2e[f"celery_{variant}"] = await asyncio.to_thread(
+                    celery.run, variant, args.tasks, args.warmup, args.timeout
+                )
+            ratios = {}
+            for mode in modes:
+                for variant in variants:
+                    ratios[f"fnhost_{mode}_over_celery_{variant}"] = round(
+                        e2e[f"fnhost_{mode}"]["tasks_per_s"] / e2e[f"celery_{variant}"]["tasks_per_s"], 2
+                    )
+            e2e["ratios"] = ratios
+    finally:
+        log("cleaning up")
+        await asyncio.to_thread(celery.cleanup)
+        await p.cleanup()
+    report["tenant"] = p.tenant
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--admin-key", default=os.environ.get("FNHOST_ADMIN_KEY"))
+    parser.add_argument("--amqp-url", default=os.environ.get("FNHOST_AMQP_URL",
+                                                             "amqp://guest:guest@127.0.0.1:5672/"),
+                        help="the platform's RabbitMQ (to consume the destination queues)")
+    parser.add_argument("--figures", default="ab", help="a: accept rate, b: end to end (default: ab)")
+    parser.add_argument("--modes", default="task,notask", help="task mode on (task) and off (notask)")
+    parser.add_argument("--connections", type=int, default=32, help="(a) wrk connections")
+    parser.add_argument("--seconds", type=int, default=10, help="(a) wrk duration")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--drain-timeout", type=float, default=900,
+                        help="(a) how long to wait for the accepted tasks to finish")
+    parser.add_argument("--tasks", type=int, default=2000, help="(b) tasks per run")
+    parser.add_argument("--warmup", type=int, default=200, help="tasks run before measuring")
+    parser.add_argument("--submit-connections", type=int, default=32, help="(b) fnhost HTTP connections")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="the functions' max_concurrency (default: the platform's default)")
+    parser.add_argument("--timeout", type=float, default=600, help="(b) limit of one run")
+    parser.add_argument("--celery-vhost", default="fnhost-bench-celery",
+                        help="RabbitMQ vhost for Celery, created and deleted by the bench")
+    parser.add_argument("--celery-backend", default="mongodb://127.0.0.1:27017/fnhost_bench_celery",
+                        help="Celery result backend (the database is dropped at the end); or rpc://")
+    parser.add_argument("--celery-workers", type=int, default=2)
+    parser.add_argument("--celery-variants", default="durable,classic",
+                        help="durable: quorum queue + publisher confirms; classic: Celery's defaults")
+    args = parser.parse_args()
+    if not args.admin_key:
+        raise SystemExit("give --admin-key (or FNHOST_ADMIN_KEY)")
+    if shutil.which("wrk") is None and "a" in args.figures:
+        raise SystemExit("wrk is not installed")
+    ready = httpx.get(f"{args.url}/readyz", timeout=10)
+    if ready.status_code != 200:
+        raise SystemExit(f"{args.url}/readyz: {ready.status_code} {ready.text[:500]}")
+    report = asyncio.run(run(args))
+    print(json.dumps(report, indent=2))
+    print()
+    for line in summary(report):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
