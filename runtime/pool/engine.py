@@ -34,6 +34,11 @@ class DockerEngine:
         self._settings = settings
         self._executor = ThreadPoolExecutor(settings.docker_threads, thread_name_prefix="docker")
         self._client: docker.DockerClient | None = None
+        # Docker 20.10's network controller can deadlock when many containers are
+        # torn down at once (every container, even with network "none", has a
+        # network sandbox): tear down one at a time, start at most two at a time.
+        self._removals = asyncio.Semaphore(1)
+        self._starts = asyncio.Semaphore(2)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -89,7 +94,8 @@ class DockerEngine:
 
     async def run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
         """Create and start a hardened container for a cell; returns its id."""
-        return str(await self._call(self._run, name, cell_dir, memory_mb))
+        async with self._starts:
+            return str(await self._call(self._run, name, cell_dir, memory_mb))
 
     async def resize(self, docker_id: str, memory_mb: int) -> None:
         memory = f"{memory_mb}m"
@@ -105,7 +111,8 @@ class DockerEngine:
     async def remove(self, docker_id: str) -> None:
         """Kill and remove; a container already gone is fine."""
         try:
-            await self._call(self._remove, docker_id)
+            async with self._removals:
+                await self._call(self._remove, docker_id)
         except docker.errors.APIError as exc:
             if "removal of container" in str(exc) and "already in progress" in str(exc):
                 return
