@@ -16,8 +16,8 @@
         --admin-key "$(cat .data/admin-key)"
 
 Everything the bench makes is removed at the end: its functions, the
-destination queues and the tenant's queue, the Celery worker, vhost and result
-database. The tenant itself stays (there is no API to delete a tenant).
+destination queues, the Celery worker, vhost and result database. The tenant
+stays, with its (empty) queue: there is no API to delete a tenant.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -74,6 +75,60 @@ def zip_folder(folder: Path) -> bytes:
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# -- CPU time per task -----------------------------------------------------------
+# On a shared 2-core machine wall-clock rates move with everything else that runs;
+# the CPU time each process spends per task does not, and says where the time goes.
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its children alive now."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds of named processes (and of this process and its waited-for children,
+    the client side: the bench itself, wrk) between start() and per_task()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        t = os.times()
+        out = {"client": t.user + t.system + t.children_user + t.children_system}
+        for name, pid in self.pids.items():
+            out[name] = cpu_seconds(pid)
+        return out
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def per_task(self, tasks: int) -> dict[str, float]:
+        """CPU milliseconds per task of each process, and their total."""
+        now = self._now()
+        out = {k: round((now[k] - self._start.get(k, now[k])) * 1000 / max(1, tasks), 3) for k in now}
+        out["total"] = round(sum(out.values()), 3)
+        return out
 
 
 # -- a minimal keep-alive HTTP/1.1 client ----------------------------------------
@@ -144,8 +199,9 @@ def event_head(url: str, key: str, function: str) -> bytes:
 
 
 class Platform:
-    def __init__(self, url: str, admin_key: str, amqp_url: str, tag: str) -> None:
+    def __init__(self, url: str, admin_key: str, amqp_url: str, tag: str, meter: CpuMeter) -> None:
         self.url = url
+        self.meter = meter
         self.amqp_url = amqp_url
         self.tag = tag
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
@@ -155,7 +211,9 @@ class Platform:
         self.key = str(r.json()["api_key"])
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60)
         self.functions: list[str] = []
-        self.queues: list[str] = [f"fnhost.t.{self.tenant}"]
+        # Destination queues the bench declared. The tenant's own queue stays with the
+        # tenant: the scheduler consuming it would declare it again at once.
+        self.queues: list[str] = []
         self.connection: aio_pika.abc.AbstractConnection | None = None
 
     def function(self, mode: str) -> str:
@@ -294,6 +352,7 @@ async def accept_rate(p: Platform, mode: str, args: argparse.Namespace) -> dict[
     queue = p.destination(mode)
     await p.purge(queue)
     load = os.getloadavg()[0]
+    p.meter.start()
     started = time.monotonic()
     log(f"(a) wrk: {args.connections} connections, {args.seconds} s, {p.function(mode)}")
     result = await asyncio.to_thread(
@@ -318,6 +377,7 @@ async def accept_rate(p: Platform, mode: str, args: argparse.Namespace) -> dict[
             break
         await asyncio.sleep(0.5)
     drained_at = stable_since
+    result["cpu_ms_per_task"] = p.meter.per_task(count)
     result["records"] = count
     result["drained"] = count >= result["accepted"]
     result["drain_s"] = round(drained_at - started, 1)
@@ -380,6 +440,7 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
             conn.close()
 
     load = os.getloadavg()[0]
+    p.meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(submitter() for _ in range(concurrency)))
     submit_s = time.perf_counter() - started
@@ -397,6 +458,7 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
     finally:
         await queue.cancel(tag)
         await channel.close()
+    cpu = p.meter.per_task(n)
     last = max(arrived[t] for t in submitted)
     latencies = [(arrived[t] - sent) * 1000 for t, sent in submitted.items()]
     total_s = last - started
@@ -408,9 +470,14 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
         "tasks_per_s": round(n / total_s, 1),
         "task_latency_p50_ms": round(percentile(latencies, 0.5), 1),
         "task_latency_p99_ms": round(percentile(latencies, 0.99), 1),
+        "task_latency_max_ms": round(max(latencies), 1),
+        "records_after_submit_plus_10s": sum(
+            1 for t in submitted if arrived[t] - started > submit_s + 10
+        ),
         "conditions": conditions,
         "stray_records": len(arrived) - len(submitted),
         "loadavg_1m_before": round(load, 2),
+        "cpu_ms_per_task": cpu,
     }
 
 
@@ -458,7 +525,7 @@ class Celery:
                                          start_new_session=True)
         self._wait_consumer(queue)
 
-    def _wait_consumer(self, queue: str, timeout: float = 60) -> None:
+    def _wait_consumer(self, queue: str, timeout: float = 180) -> None:
         from kombu import Connection
 
         deadline = time.monotonic() + timeout
@@ -471,7 +538,8 @@ class Celery:
                 if consumers > 0:
                     return
             time.sleep(0.2)
-        raise SystemExit(f"the Celery worker did not consume {queue} in {timeout} s")
+        raise SystemExit(f"the Celery worker did not consume {queue} in {timeout} s:\n"
+                         f"{self.log_path.read_text()[-3000:]}")
 
     def stop_worker(self) -> None:
         proc, self.proc = self.proc, None
@@ -484,7 +552,8 @@ class Celery:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def run(self, variant: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+    def run(self, variant: str, n: int, warmup: int, timeout: float,
+            pids: dict[str, int]) -> dict[str, Any]:
         sys.path.insert(0, str(BENCH))
         from celery_app import TASK, make_app
 
@@ -492,14 +561,21 @@ class Celery:
         queue = f"bench-{self.tag}-{variant}"
         self.start_worker(queue, str(spec["queue_type"]), bool(spec["confirm"]))
         app = make_app(self.broker, self.backend, queue, str(spec["queue_type"]), bool(spec["confirm"]))
+        assert self.proc is not None
+        meter = CpuMeter({**pids, "celery_worker": self.proc.pid})
         try:
             self._batch(app, TASK, warmup, timeout)
             load = os.getloadavg()[0]
-            started = time.perf_counter()
+            meter.start()
+            started, started_epoch = time.perf_counter(), time.time()
             ids = [app.send_task(TASK, args=[{}]).id for _ in range(n)]
             submit_s = time.perf_counter() - started
-            statuses = self._wait(app, ids, timeout)
-            total_s = time.perf_counter() - started
+            statuses, last_stored = self._wait(app, ids, timeout)
+            seen_s = time.perf_counter() - started
+            cpu = meter.per_task(n)
+            # With a stored result's own time, the end is when the last one was stored
+            # (fnhost's end is when its last record reached the bench); else when seen.
+            total_s = last_stored - started_epoch if last_stored is not None else seen_s
         finally:
             self.stop_worker()
             with contextlib.suppress(Exception):
@@ -516,7 +592,9 @@ class Celery:
             "submitted_per_s": round(n / submit_s, 1),
             "total_s": round(total_s, 3),
             "tasks_per_s": round(n / total_s, 1),
+            "all_results_seen_s": round(seen_s, 3),
             "loadavg_1m_before": round(load, 2),
+            "cpu_ms_per_task": cpu,
         }
 
     def _batch(self, app: Any, task: str, n: int, timeout: float) -> None:
@@ -524,8 +602,9 @@ class Celery:
         self._wait(app, ids, timeout)
 
     @staticmethod
-    def _wait(app: Any, ids: list[str], timeout: float) -> dict[str, int]:
-        """Block until every result is stored; the count of each final state."""
+    def _wait(app: Any, ids: list[str], timeout: float) -> tuple[dict[str, int], float | None]:
+        """Block until every result is stored. The count of each final state, and when
+        the last result was stored (epoch seconds) if the backend records it."""
         from celery import states
         from celery.backends.mongodb import MongoBackend
         from celery.result import AsyncResult, ResultSet
@@ -534,21 +613,36 @@ class Celery:
         found: dict[str, int] = {}
         backend = app.backend
         if isinstance(backend, MongoBackend):
-            # One query for all pending ids instead of one per AsyncResult.
-            pending = set(ids)
+            # Polling every pending result would load the server the worker writes to,
+            # and slow Celery down. Tasks finish about in the order sent: poll only the
+            # newest pending one, by _id (an index lookup); when it is stored, look the
+            # others up one by one. The end is the last `date_done` the worker wrote.
+            coll = backend.collection
+            pending = list(ids)
+            last_done: datetime | None = None
             while pending:
-                docs = backend.collection.find(
-                    {"_id": {"$in": list(pending)}, "status": {"$in": sorted(states.READY_STATES)}},
-                    {"_id": 1, "status": 1},
-                )
-                for doc in docs:
-                    pending.discard(doc["_id"])
-                    found[doc["status"]] = found.get(doc["status"], 0) + 1
-                if pending:
+                doc = coll.find_one({"_id": pending[-1]}, {"status": 1})
+                if doc is None or doc["status"] not in states.READY_STATES:
                     if time.monotonic() > deadline:
                         raise SystemExit(f"Celery: {len(pending)} of {len(ids)} results missing")
-                    time.sleep(0.02)
-            return found
+                    time.sleep(0.01)
+                    continue
+                still = []
+                for task_id in pending:
+                    doc = coll.find_one({"_id": task_id}, {"status": 1, "date_done": 1})
+                    if doc is None or doc["status"] not in states.READY_STATES:
+                        still.append(task_id)
+                        continue
+                    found[doc["status"]] = found.get(doc["status"], 0) + 1
+                    done = doc.get("date_done")
+                    if isinstance(done, datetime) and (last_done is None or done > last_done):
+                        last_done = done
+                pending = still
+            if last_done is None:
+                return found, None
+            if last_done.tzinfo is None:
+                last_done = last_done.replace(tzinfo=UTC)
+            return found, last_done.timestamp()
         results = ResultSet([AsyncResult(i, app=app) for i in ids])
         if results.supports_native_join:
             results.join_native(timeout=timeout, propagate=False)
@@ -556,7 +650,7 @@ class Celery:
             results.join(timeout=timeout, propagate=False, interval=0.01)
         for r in results.results:
             found[r.state] = found.get(r.state, 0) + 1
-        return found
+        return found, None
 
     def cleanup(self) -> None:
         self.stop_worker()
@@ -596,13 +690,23 @@ def summary(report: dict[str, Any]) -> list[str]:
         for variant, c in celery.items():
             ratio = r["tasks_per_s"] / c["tasks_per_s"]
             verdict = "met" if ratio >= RATIO_TARGET else "MISSED"
-            parts.append(f"{ratio:.2f}x Celery {variant} ({c['tasks_per_s']:,.0f}/s): {verdict}")
+            parts.append(f"{ratio:.3f}x Celery {variant} ({c['tasks_per_s']:,.0f}/s): {verdict}")
         lines.append(
             f"(b) end to end, {r['tasks']} no-op tasks, task mode {'on' if MODES[mode] else 'off'}: "
             f"{r['tasks_per_s']:,.0f} tasks/s (task p50 {r['task_latency_p50_ms']} ms, "
             f"p99 {r['task_latency_p99_ms']} ms); " + ("; ".join(parts) or "no Celery run")
             + f"; target >= {RATIO_TARGET}x"
         )
+    cpu_lines = []
+    for mode, r in report.get("accept", {}).items():
+        cpu_lines.append((f"(a) task mode {'on' if MODES[mode] else 'off'}", r.get("cpu_ms_per_task")))
+    for name, r in e2e.items():
+        if name != "ratios":
+            cpu_lines.append((f"(b) {name}", r.get("cpu_ms_per_task")))
+    for label, cpu in cpu_lines:
+        if cpu:
+            parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
+            lines.append(f"    CPU ms per task, {label}: {parts} (total {cpu['total']})")
     return lines
 
 
@@ -617,7 +721,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
         "settings": {k: v for k, v in vars(args).items() if k != "admin_key"},
     }
-    p = Platform(args.url, args.admin_key, args.amqp_url, tag)
+    pids: dict[str, int] = args.pids
+    p = Platform(args.url, args.admin_key, args.amqp_url, tag, CpuMeter(pids))
     celery = Celery(args.amqp_url, args.celery_vhost, args.celery_backend, tag, args.celery_workers)
     try:
         await p.start()
@@ -650,13 +755,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for variant in variants:
                 log(f"(b) Celery {variant}: {args.tasks} tasks, {args.celery_workers} worker processes")
                 e2e[f"celery_{variant}"] = await asyncio.to_thread(
-                    celery.run, variant, args.tasks, args.warmup, args.timeout
+                    celery.run, variant, args.tasks, args.warmup, args.timeout,
+                    {k: v for k, v in pids.items() if k in ("mongodb", "rabbitmq")},
                 )
             ratios = {}
             for mode in modes:
                 for variant in variants:
                     ratios[f"fnhost_{mode}_over_celery_{variant}"] = round(
-                        e2e[f"fnhost_{mode}"]["tasks_per_s"] / e2e[f"celery_{variant}"]["tasks_per_s"], 2
+                        e2e[f"fnhost_{mode}"]["tasks_per_s"] / e2e[f"celery_{variant}"]["tasks_per_s"], 3
                     )
             e2e["ratios"] = ratios
     finally:
@@ -691,9 +797,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="(b) limit of one run")
     parser.add_argument("--celery-vhost", default="fnhost-bench-celery",
                         help="RabbitMQ vhost for Celery, created and deleted by the bench")
-    parser.add_argument("--celery-backend", default="mongodb://127.0.0.1:27017/fnhost_bench_celery",
-                        help="Celery result backend (the database is dropped at the end); or rpc://")
+    parser.add_argument("--celery-backend",
+                        default="mongodb://127.0.0.1:27017/fnhost_bench_celery?retryWrites=false",
+                        help="Celery result backend (the database is dropped at the end), by default "
+                        "the MongoDB-wire server of scripts/up, connected as fnhost connects to it; "
+                        "or rpc://")
     parser.add_argument("--celery-workers", type=int, default=2)
+    parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID",
+                        help="report the CPU time per task of this process (and its children): "
+                        "gateway=, scheduler=, mongodb=, rabbitmq=; mongodb and rabbitmq are "
+                        "measured for Celery too")
     parser.add_argument("--celery-variants", default="durable,classic",
                         help="durable: quorum queue + publisher confirms; classic: Celery's defaults")
     args = parser.parse_args()
@@ -701,9 +814,17 @@ def main() -> None:
         raise SystemExit("give --admin-key (or FNHOST_ADMIN_KEY)")
     if shutil.which("wrk") is None and "a" in args.figures:
         raise SystemExit("wrk is not installed")
+    args.pids = {}
+    for item in args.watch:
+        name, _, pid = item.partition("=")
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            raise SystemExit(f"--watch {item!r}: give NAME=PID of a running process")
+        args.pids[name] = int(pid)
     ready = httpx.get(f"{args.url}/readyz", timeout=10)
     if ready.status_code != 200:
         raise SystemExit(f"{args.url}/readyz: {ready.status_code} {ready.text[:500]}")
+    # SIGTERM cleans up like Ctrl-C: the Celery worker, vhost and queues go.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = asyncio.run(run(args))
     print(json.dumps(report, indent=2))
     print()

@@ -75,9 +75,9 @@ async def invoke(request: Request) -> Response:
         return Response(status_code=204, headers={c.HTTP_REQUEST_ID: request_id})
     if kind == ASYNC:
         return await _submit(services, request, record, payload, request_id)
-    for name_ in (c.HTTP_TASK_ID, c.HTTP_DELAY):
-        if name_ in request.headers:
-            raise BadRequest(f"{name_} applies to Event (asynchronous) invocations only", field=name_)
+    for header_, shown in ((c.HTTP_TASK_ID, "X-Task-Id"), (c.HTTP_DELAY, "X-Delay-Seconds")):
+        if header_ in request.headers:
+            raise BadRequest(f"{shown} applies to Event (asynchronous) invocations only", field=shown)
     owner = services.membership.owner(tenant.id)
     address = services.membership.address(owner) if owner is not None else None
     if address is None:

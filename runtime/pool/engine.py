@@ -36,8 +36,8 @@ class DockerEngine:
         self._client: docker.DockerClient | None = None
         # Docker 20.10's network controller can deadlock when many containers are
         # torn down at once (every container, even with network "none", has a
-        # network sandbox): tear down one at a time, start at most two at a time.
-        self._removals = asyncio.Semaphore(1)
+        # network sandbox): tear down and start at most two at a time.
+        self._removals = asyncio.Semaphore(2)
         self._starts = asyncio.Semaphore(2)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -169,6 +169,12 @@ class TaskRunner:
         invoke_count = job.attempt + (1 if job.message.redelivered else 0)
         processed_at = datetime.now(UTC)
         if (processed_at - job.created_at).total_seconds() > config.max_event_age_s:
+            if job.task_mode:
+                # Stopped (or already final) meanwhile: its own record, not EventAgeExceeded.
+                doc = await self._tasks.get(job.key)
+                if doc is None or doc["status"] not in RUNNABLE:
+                    await self._not_runnable(job, record)
+                    return
             await self._finish(
                 job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, None, invoke_count,
                 error=_error("Fnhost.EventAgeExceeded", "the event was older than max_event_age_s"),
@@ -284,7 +290,10 @@ class TaskRunner:
             if outcome is not None:
                 fields.update(_outcome_fields(outcome))
                 fields["error"] = outcome.error
-            await self._tasks.advance(job.key, st.RETRYING, when=RUNNABLE, fields=fields)
+            if not await self._tasks.advance(job.key, st.RETRYING, when=RUNNABLE, fields=fields):
+                # Stopped (or finished) meanwhile: no retry timer, its record instead.
+                await self._not_runnable(job, record)
+                return
         await self._schedule(job, RETRY, due, headers)
 
     async def _schedule(self, job: Job, kind: str, due: datetime, headers: dict[str, Any]) -> None:

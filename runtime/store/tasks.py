@@ -8,12 +8,13 @@ TTL index on `expire_at`.
 from __future__ import annotations
 
 import base64
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from runtime.errors import Conflict
 from runtime.store.batch import BatchWriter
@@ -53,9 +54,14 @@ class TaskStore:
 
     async def ensure_indexes(self) -> None:
         await self._tasks.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        # Ascending: `GET /v1/tasks` sorts newest first all the same (an index is read
+        # either way). The embedded MongoDB-wire server reads `$gte` on a descending
+        # index key as `$gt`, which dropped the tasks created exactly at `since`.
         await self._tasks.create_index(
-            [("tenant", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]
+            [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
         )
+        with contextlib.suppress(OperationFailure):  # the descending one of earlier versions
+            await self._tasks.drop_index("tenant_1_created_at_-1__id_-1")
         await self._ids.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- creation ------------------------------------------------------------
