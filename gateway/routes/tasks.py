@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -142,9 +142,12 @@ async def retry_task(request: Request) -> JSONResponse:
     if record is None:
         raise NotFound(f"function {doc['function']!r} not found")
     now = datetime.now(UTC)
+    # Created anew, so kept for the retention period from now (as a new task would be).
+    expire_at = now + timedelta(seconds=services.settings.task_retention_s)
     updated = await services.tasks.transition(
         doc["_id"], st.ENQUEUED, when=st.REDRIVABLE,
-        fields={"created_at": now, "due_at": None, "destination": None, "error": None},
+        fields={"created_at": now, "expire_at": expire_at, "due_at": None,
+                "destination": None, "error": None},
     )
     if updated is None:
         raise Conflict(f"task {doc['task_id']!r} changed meanwhile; try again")

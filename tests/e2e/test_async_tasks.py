@@ -466,7 +466,21 @@ def test_stop_running_task(tenant: httpx.Client) -> None:
     assert_error(tenant.post("/v1/tasks/no-such-task/stop"), 404, "not_found")
 
 
-def test_retry_failed_task(tenant: httpx.Client) -> None:
+def task_doc(platform: Platform, tenant: httpx.Client, task_id: str) -> dict[str, Any]:
+    """A task's stored document, read from the platform's database."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(platform.env["FNHOST_MONGO_URL"], tz_aware=True)
+    try:
+        tasks = client[platform.env["FNHOST_MONGO_DB"]]["tasks"]
+        doc = tasks.find_one({"tenant": tenant.tenant_id, "task_id": task_id})  # type: ignore[attr-defined]
+        assert doc is not None, task_id
+        return doc
+    finally:
+        client.close()
+
+
+def test_retry_failed_task(platform: Platform, tenant: httpx.Client) -> None:
     deployed(tenant, "fails", "always-fails", {"async": {"max_retry_attempts": 0}})
     tid = accepted(submit_event(tenant, "fails", {"n": 1}))
     failed = wait_task(tenant, tid)
@@ -480,6 +494,10 @@ def test_retry_failed_task(tenant: httpx.Client) -> None:
     assert statuses(again) == ["Enqueued", "Processed", "Running", "Failed"] * 2, again
     assert again["payload"] == {"n": 1}, again
     assert "always fails" in again["error"]["errorMessage"], again
+    # Run again from now: kept for the retention period from the retry.
+    doc = task_doc(platform, tenant, tid)
+    assert doc["expire_at"] - doc["created_at"] == timedelta(days=7), doc
+    assert doc["created_at"] > at(failed["created_at"]), (doc, failed)
 
     deployed(tenant, "hello", "hello")
     done = wait_task(tenant, accepted(submit_event(tenant, "hello", {})))
