@@ -487,8 +487,10 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
 class Celery:
     """A Celery worker on the bench's own vhost of the same RabbitMQ, and its producer."""
 
-    def __init__(self, amqp_url: str, vhost: str, backend: str, tag: str, workers: int) -> None:
+    def __init__(self, amqp_url: str, vhost: str, backend: str, tag: str, workers: int,
+                 submit_threads: int = 1) -> None:
         self.vhost = vhost
+        self.submit_threads = submit_threads
         self.broker = urlunsplit(urlsplit(amqp_url)._replace(path="/" + vhost))
         self.backend = backend
         self.tag = tag
@@ -568,7 +570,7 @@ class Celery:
             load = os.getloadavg()[0]
             meter.start()
             started, started_epoch = time.perf_counter(), time.time()
-            ids = [app.send_task(TASK, args=[{}]).id for _ in range(n)]
+            ids = self._send(app, TASK, n)
             submit_s = time.perf_counter() - started
             statuses, last_stored = self._wait(app, ids, timeout)
             seen_s = time.perf_counter() - started
@@ -588,6 +590,7 @@ class Celery:
             "publisher_confirms": spec["confirm"],
             "result_backend": self.backend.split("://")[0],
             "worker": f"--concurrency {self.workers} --pool prefork, task_acks_late=True",
+            "submit_threads": self.submit_threads,
             "submit_s": round(submit_s, 3),
             "submitted_per_s": round(n / submit_s, 1),
             "total_s": round(total_s, 3),
@@ -597,9 +600,20 @@ class Celery:
             "cpu_ms_per_task": cpu,
         }
 
+    def _send(self, app: Any, task: str, n: int) -> list[str]:
+        """Send n tasks from `submit_threads` threads (each waits for its own confirms)."""
+        if self.submit_threads <= 1:
+            return [app.send_task(task, args=[{}]).id for _ in range(n)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        shares = [n // self.submit_threads + (i < n % self.submit_threads)
+                  for i in range(self.submit_threads)]
+        with ThreadPoolExecutor(self.submit_threads) as pool:
+            parts = pool.map(lambda k: [app.send_task(task, args=[{}]).id for _ in range(k)], shares)
+            return [task_id for part in parts for task_id in part]
+
     def _batch(self, app: Any, task: str, n: int, timeout: float) -> None:
-        ids = [app.send_task(task, args=[{}]).id for _ in range(n)]
-        self._wait(app, ids, timeout)
+        self._wait(app, self._send(app, task, n), timeout)
 
     @staticmethod
     def _wait(app: Any, ids: list[str], timeout: float) -> tuple[dict[str, int], float | None]:
@@ -723,7 +737,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     pids: dict[str, int] = args.pids
     p = Platform(args.url, args.admin_key, args.amqp_url, tag, CpuMeter(pids))
-    celery = Celery(args.amqp_url, args.celery_vhost, args.celery_backend, tag, args.celery_workers)
+    celery = Celery(args.amqp_url, args.celery_vhost, args.celery_backend, tag, args.celery_workers,
+                    args.celery_submit_threads)
     try:
         await p.start()
         for mode in modes:
@@ -803,6 +818,9 @@ def main() -> None:
                         "the MongoDB-wire server of scripts/up, connected as fnhost connects to it; "
                         "or rpc://")
     parser.add_argument("--celery-workers", type=int, default=2)
+    parser.add_argument("--celery-submit-threads", type=int, default=8,
+                        help="threads sending the Celery tasks (with publisher confirms each send "
+                        "waits for its confirm, so one thread is slower than the workers)")
     parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID",
                         help="report the CPU time per task of this process (and its children): "
                         "gateway=, scheduler=, mongodb=, rabbitmq=; mongodb and rabbitmq are "
