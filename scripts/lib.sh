@@ -12,6 +12,8 @@ cd "$FNHOST_ROOT" || exit 1
 FNHOST_SETUP_LOCK="${FNHOST_SETUP_LOCK:-/tmp/fnhost-setup.lock}"
 FNHOST_DOCKERD_LOG="${FNHOST_DOCKERD_LOG:-/var/log/fnhost-dockerd.log}"
 FNHOST_RABBITMQ_LOG="${FNHOST_RABBITMQ_LOG:-/var/log/fnhost-rabbitmq-start.log}"
+# Open-files limit RabbitMQ is started with (see ensure_rabbitmq).
+FNHOST_RABBITMQ_NOFILE="${FNHOST_RABBITMQ_NOFILE:-65536}"
 
 _FNHOST_APT_UPDATED=0
 
@@ -106,9 +108,40 @@ port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
 }
 
+# Raise this shell's open-files limit to WANT, or as far as the hard limit
+# allows when that is lower (raising the hard limit needs CAP_SYS_RESOURCE,
+# which a container may lack). Never lowers it. Call it in a subshell.
+raise_nofile() {
+    local want=$1
+    [[ $(ulimit -Sn) == unlimited ]] && return
+    (($(ulimit -Sn) >= want)) && return
+    ulimit -n "$want" 2>/dev/null && return
+    ulimit -n "$(ulimit -Hn)"
+    warn "open-files limit is $(ulimit -Sn), not $want: the hard limit is lower"
+}
+
+# rabbitmq-server -detached with this shell's open-files limit. Debian's
+# wrapper, run as root, switches to the rabbitmq user with su, whose
+# pam_limits puts the soft limit back to 1024 (the hard limit passes): so
+# switch user here and set the soft limit after su. Run as rabbitmq, the
+# wrapper starts the node as the packaged service unit does (User=rabbitmq,
+# LimitNOFILE=65536); its output goes to /var/log/rabbitmq/startup_log.
+_start_rabbitmq_detached() {
+    local server nofile
+    server="$(command -v rabbitmq-server)"
+    nofile="$(ulimit -Sn)"
+    if id -u rabbitmq >/dev/null 2>&1; then
+        as_root su rabbitmq -s /bin/sh -c "ulimit -n $nofile; exec $server -detached"
+    else
+        as_root "$server" -detached
+    fi
+}
+
 # RabbitMQ on 127.0.0.1:5672 (guest/guest): reuse a running broker, else
 # start rabbitmq-server detached and wait for it (up to 120 s). No plugin is
-# enabled.
+# enabled. A broker started here gets FNHOST_RABBITMQ_NOFILE open files: with
+# the common default of 1024, a vhost start under test load blocked on file
+# handles and wedged rabbitmqctl. A running broker keeps the limit it has.
 ensure_rabbitmq() {
     if port_open 5672; then
         step "rabbitmq: running on 127.0.0.1:5672"
@@ -122,7 +155,11 @@ ensure_rabbitmq() {
         step "rabbitmq: node is starting, waiting"
     else
         step "rabbitmq: starting rabbitmq-server (log: $FNHOST_RABBITMQ_LOG)"
-        without_lock as_root rabbitmq-server -detached >>"$FNHOST_RABBITMQ_LOG" 2>&1 </dev/null ||
+        # The limit is raised in a subshell: only the broker inherits it.
+        (
+            raise_nofile "$FNHOST_RABBITMQ_NOFILE"
+            without_lock _start_rabbitmq_detached >>"$FNHOST_RABBITMQ_LOG" 2>&1 </dev/null
+        ) ||
             die "rabbitmq-server -detached failed; see $FNHOST_RABBITMQ_LOG and /var/log/rabbitmq/"
     fi
     # The AMQP listener opens near the end of the boot; await_startup then
