@@ -288,15 +288,44 @@ class Vhost:
         ctl = shutil.which("rabbitmqctl")
         if ctl is None:
             raise RuntimeError("rabbitmqctl is not installed: cannot create a test vhost")
-        subprocess.run([ctl, "-q", "add_vhost", self.name], check=True, capture_output=True)
-        subprocess.run([ctl, "-q", "set_permissions", "-p", self.name, self.user, ".*", ".*", ".*"],
-                       check=True, capture_output=True)
+        _rabbitmqctl([ctl, "-q", "add_vhost", self.name])
+        _rabbitmqctl([ctl, "-q", "set_permissions", "-p", self.name, self.user, ".*", ".*", ".*"])
         return self
 
     def delete(self) -> None:
+        """Best effort: a vhost left behind (a stalled or absent broker) fails no test."""
         ctl = shutil.which("rabbitmqctl")
         if ctl is not None:
-            subprocess.run([ctl, "-q", "delete_vhost", self.name], capture_output=True)
+            with contextlib.suppress(RuntimeError):
+                _rabbitmqctl([ctl, "-q", "delete_vhost", self.name])
+
+
+RABBITMQCTL_TIMEOUT_S = 60.0
+
+
+def _rabbitmqctl(args: list[str]) -> None:
+    """Run rabbitmqctl, bounded: a stalled broker must fail the test, not hang the session.
+
+    Its own session, so that a timeout kills the whole group: as root the wrapper runs
+    the Erlang CLI under `su`, which killing only the direct child would leave behind.
+    """
+    command = " ".join(args)
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as proc:
+        try:
+            _, err = proc.communicate(timeout=RABBITMQCTL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()  # at least the direct child, should the group kill be refused
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)
+            raise RuntimeError(
+                f"`{command}` did not finish in {RABBITMQCTL_TIMEOUT_S:.0f} s: "
+                "is the RabbitMQ broker stalled? (see /var/log/rabbitmq/)"
+            ) from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{command}` failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
 
 
 def container_gone(docker_id: str, timeout: float = 10.0) -> bool:
