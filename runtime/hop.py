@@ -29,14 +29,6 @@ Header = dict[str, Any]
 Handler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Header, bytes]:
-    prefix = await reader.readexactly(protocol.PREFIX.size)
-    header_len, body_len = protocol.unpack_prefix(prefix)
-    header = protocol.decode_header(await reader.readexactly(header_len))
-    body = await reader.readexactly(body_len) if body_len else b""
-    return header, body
-
-
 class HopServer:
     """Scheduler side: accepts gateways, runs each request as its own task."""
 
@@ -55,12 +47,12 @@ class HopServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello, _ = await asyncio.wait_for(read_frame(reader), 10)
+            hello, _ = await asyncio.wait_for(protocol.read_frame(reader), 10)
             if not hmac.compare_digest(str(hello.get("token", "")).encode(), self._token):
                 log.warning("refused a sync link with a bad cluster token")
                 return
             while True:
-                header, body = await read_frame(reader)
+                header, body = await protocol.read_frame(reader)
                 task = asyncio.create_task(self._answer(writer, header, body))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -137,7 +129,7 @@ class HopLink:
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                header, body = await read_frame(reader)
+                header, body = await protocol.read_frame(reader)
                 future = self._pending.get(int(header.get("id") or 0))
                 if future is not None and not future.done():
                     future.set_result((header, body))

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Only for the annotation: the agent imports asyncio lazily, for async
+    # handlers, to keep its start-up short.
+    import asyncio
 
 PREFIX = struct.Struct("!II")
 MAX_HEADER_BYTES = 1 << 20
@@ -56,3 +61,14 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not an object")
     return header
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    """Read one frame from an asyncio stream (the host ends: the scheduler and the hop).
+
+    Raises asyncio.IncompleteReadError when the stream ends inside a frame.
+    """
+    header_len, body_len = unpack_prefix(await reader.readexactly(PREFIX.size))
+    header = decode_header(await reader.readexactly(header_len))
+    body = await reader.readexactly(body_len) if body_len else b""
+    return header, body

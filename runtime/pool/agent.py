@@ -25,13 +25,9 @@ class AgentConnection:
 
     async def read(self) -> tuple[dict[str, Any], bytes]:
         try:
-            prefix = await self._reader.readexactly(protocol.PREFIX.size)
-            header_len, body_len = protocol.unpack_prefix(prefix)
-            header = protocol.decode_header(await self._reader.readexactly(header_len))
-            body = await self._reader.readexactly(body_len) if body_len else b""
+            return await protocol.read_frame(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise AgentGone(str(exc) or "connection closed") from None
-        return header, body
 
     async def request(self, header: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
         try:

@@ -21,7 +21,8 @@ import docker
 import docker.errors
 import pytest
 
-from runtime.agent.protocol import PREFIX, SOCKET_NAME, decode_header, pack, unpack_prefix
+from runtime.agent.protocol import SOCKET_NAME
+from tests import agentwire
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("FNHOST_RUNTIME_IMAGE", "fnhost/python3.11")
@@ -124,25 +125,13 @@ class Container:
         self.hello, _ = self.read()
         self.start_ms = (time.perf_counter() - start) * 1000
 
-    def _recv(self, n: int) -> bytes:
-        assert self.conn is not None
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.conn.recv(n - len(buf))
-            if not chunk:
-                raise EOFError("the agent closed the socket")
-            buf += chunk
-        return bytes(buf)
-
     def read(self) -> tuple[dict[str, Any], bytes]:
-        header_len, body_len = unpack_prefix(self._recv(PREFIX.size))
-        header = decode_header(self._recv(header_len))
-        return header, self._recv(body_len) if body_len else b""
+        assert self.conn is not None
+        return agentwire.read_frame(self.conn)
 
     def call(self, header: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
         assert self.conn is not None
-        self.conn.sendall(pack(header, body))
-        return self.read()
+        return agentwire.call(self.conn, header, body)
 
     def init(self, function: str, handler: str = "main.handler") -> dict[str, Any]:
         answer, _ = self.call(

@@ -19,7 +19,8 @@ import cloudpickle
 import pytest
 
 from runtime.agent import __main__ as agent_main
-from runtime.agent.protocol import PREFIX, decode_header, pack, unpack_prefix
+from runtime.agent.protocol import pack
+from tests import agentwire
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,23 +130,11 @@ class AgentProcess:
         self.conn.settimeout(15)
         self.hello, _ = self.read()
 
-    def _recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.conn.recv(n - len(buf))
-            if not chunk:
-                raise EOFError("agent closed the socket")
-            buf += chunk
-        return bytes(buf)
-
     def read(self) -> tuple[dict[str, Any], bytes]:
-        header_len, body_len = unpack_prefix(self._recv(PREFIX.size))
-        header = decode_header(self._recv(header_len))
-        return header, self._recv(body_len) if body_len else b""
+        return agentwire.read_frame(self.conn)
 
     def call(self, header: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        self.conn.sendall(pack(header, body))
-        return self.read()
+        return agentwire.call(self.conn, header, body)
 
     def init(self, handler: str = "handlers.echo", **extra: Any) -> tuple[dict[str, Any], bytes]:
         header = {
