@@ -65,7 +65,8 @@ class MongoServer:
         self._dir = tempfile.mkdtemp(prefix="fnhost-test-mongo-")
         exe = Path(sys.executable).with_name("secantusd-py")
         self.proc = subprocess.Popen(
-            [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", self._dir],
+            [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", self._dir,
+             "--standalone"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(port, 60, self.proc)

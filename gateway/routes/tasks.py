@@ -113,6 +113,9 @@ async def stop_task(request: Request) -> JSONResponse:
             # A delayed or retrying task waits in a timer: fire it now, so a scheduler
             # sees it Stopped, delivers the Stopped record and drops the message.
             await services.timers.fire_now(key)
+            # A scheduler may have taken it from the queue a moment ago (its Running
+            # is written after FNHOST_RUNNING_WRITE_DELAY_S): that one stops it too.
+            await services.control.publish(c.CTL_STOP_TASK, key=key)
             return JSONResponse(describe(updated))
         doc = await services.tasks.get(key) or doc
     if doc["status"] in (st.PROCESSED, st.RUNNING):

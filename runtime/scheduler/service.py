@@ -68,7 +68,8 @@ class Scheduler:
         self.destinations = Destinations(self.settings, self.connection, self._submit_to_function)
         await self.destinations.start()
         self.runner = TaskRunner(
-            self.cache, self.invoker, self.pool, self.tasks, self.timers, self.destinations
+            self.cache, self.invoker, self.pool, self.tasks, self.timers, self.destinations,
+            running_write_delay_s=self.settings.running_write_delay_s,
         )
         self.control = ControlBus(self.connection, self.settings.cluster_id)
         self.control.subscribe(self.cache.on_control)

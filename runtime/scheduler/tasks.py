@@ -12,9 +12,11 @@ timers, never sleeps holding a container or a queue slot.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +42,7 @@ PARK_S = 5.0
 MAX_BACKOFF_S = 300.0
 H_THROTTLES = "throttles"
 H_QUEUED_MS = "queued_ms"  # when a timer put it back in the queue
+History = list[tuple[str, datetime]]
 
 
 def backoff_s(base: float, attempt: int) -> float:
@@ -94,6 +97,41 @@ class NotRunnable(Exception):
     """The task's record forbids running it (stopped, deleted, already final)."""
 
 
+@dataclass
+class Run:
+    """What the task record has still to learn about this delivery.
+
+    Processed and Running are written late: with the outcome for a short task,
+    or by a timer once the task has run for `running_write_delay_s`.
+    """
+
+    processed_at: datetime
+    started_at: datetime | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    written: bool = False  # Processed and Running are stored
+    writing: bool = False
+    writer: asyncio.Task[None] | None = None
+
+    def pending(self, attempted: bool) -> tuple[History, dict[str, Any], dict[str, int] | None]:
+        """History entries, fields and counters to add to the next write."""
+        if self.written:
+            return [], {}, None
+        earlier = [(st.PROCESSED, self.processed_at)]
+        if self.started_at is not None:
+            earlier.append((st.RUNNING, self.started_at))
+        inc = {"attempts": 1, "invoke_count": 1} if attempted else None
+        return earlier, dict(self.fields), inc
+
+    async def settle(self) -> None:
+        """Cancel the Running write if it has not begun; else wait for it."""
+        if self.writer is None:
+            return
+        if not self.writing:
+            self.writer.cancel()
+        with contextlib.suppress(BaseException):
+            await self.writer
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -103,14 +141,20 @@ class TaskRunner:
         tasks: TaskStore,
         timers: TimerStore,
         destinations: Destinations,
+        running_write_delay_s: float = 0.2,
     ) -> None:
+        # A task still running this long after its container was bound has its
+        # Running status written then; a shorter one gets Processed and Running
+        # (with their times) in the same write as its outcome: one write, not two.
+        self._running_write_delay_s = running_write_delay_s
         self._cache = cache
         self._invoker = invoker
         self._pool = pool
         self._tasks = tasks
         self._timers = timers
         self._destinations = destinations
-        self._running: dict[str, Container] = {}
+        # Tasks taken from the queue and not finished; the container once bound.
+        self._inflight: dict[str, Container | None] = {}
         self._stop_requested: set[str] = set()
 
     # -- entry points ----------------------------------------------------------
@@ -129,9 +173,11 @@ class TaskRunner:
         if event.get("kind") != c.CTL_STOP_TASK:
             return
         key = str(event["key"])
-        if key in self._running:
+        if key in self._inflight:
             self._stop_requested.add(key)
-            self._pool.discard(self._running[key])
+            container = self._inflight[key]
+            if container is not None:
+                self._pool.discard(container)
 
     async def dead_letter(self, message: AbstractIncomingMessage) -> None:
         """A message redelivered too often (it crashed us each time): fail its task."""
@@ -165,47 +211,34 @@ class TaskRunner:
         if record.config.paused:
             await self._schedule(job, PARK, datetime.now(UTC) + timedelta(seconds=PARK_S), job.headers())
             return
+        if job.task_mode and await self._tasks.status(job.key) not in RUNNABLE:
+            # Stopped, deleted or already final: drop it before it costs a container.
+            await self._not_runnable(job, record)
+            return
         # Approximate, as the contract says: a redelivery after a crash counts once more.
         invoke_count = job.attempt + (1 if job.message.redelivered else 0)
-        processed_at = datetime.now(UTC)
-        if (processed_at - job.created_at).total_seconds() > config.max_event_age_s:
-            if job.task_mode:
-                # Stopped (or already final) meanwhile: its own record, not EventAgeExceeded.
-                doc = await self._tasks.get(job.key)
-                if doc is None or doc["status"] not in RUNNABLE:
-                    await self._not_runnable(job, record)
-                    return
+        run = Run(processed_at=datetime.now(UTC))
+        if (run.processed_at - job.created_at).total_seconds() > config.max_event_age_s:
             await self._finish(
-                job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, None, invoke_count,
+                job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, None, invoke_count, run,
                 error=_error("Fnhost.EventAgeExceeded", "the event was older than max_event_age_s"),
             )
             return
 
-        started = False
-
         async def on_start(lease: Lease) -> None:
-            nonlocal started
-            started = True
-            self._running[job.key] = lease.container
             if job.key in self._stop_requested:
-                self._pool.discard(lease.container)
+                raise NotRunnable  # stopped while it waited for a container
+            self._inflight[job.key] = lease.container
+            run.started_at = datetime.now(UTC)
+            run.fields = {
+                "version": record.version,
+                "container": lease.container.short_id,
+                "timings.queue_ms": _ms_between(job.queued_at, run.processed_at),
+                "timings.start": lease.start.value,
+                "timings.init_ms": round(lease.init_ms, 3),
+            }
             if job.task_mode:
-                # Processed and Running go in one write: Processed keeps the time
-                # the message was dequeued, Running the time a container was bound.
-                applied = await self._tasks.advance(
-                    job.key, st.RUNNING, when=RUNNABLE,
-                    earlier=[(st.PROCESSED, processed_at)],
-                    fields={
-                        "version": record.version,
-                        "container": lease.container.short_id,
-                        "timings.queue_ms": _ms_between(job.queued_at, processed_at),
-                        "timings.start": lease.start.value,
-                        "timings.init_ms": round(lease.init_ms, 3),
-                    },
-                    inc={"attempts": 1, "invoke_count": 1},
-                )
-                if not applied:
-                    raise NotRunnable
+                run.writer = asyncio.ensure_future(self._write_running(job, run))
 
         invocation = Invocation(
             request_id=job.request_id,
@@ -214,6 +247,7 @@ class TaskRunner:
             task_id=job.task_id,
             attempt=job.attempt,
         )
+        self._inflight[job.key] = None
         try:
             outcome = await self._invoker.invoke(record, invocation, on_start=on_start)
         except NotRunnable:
@@ -222,28 +256,41 @@ class TaskRunner:
         except (Throttled, Unavailable):
             # No capacity: not the function's fault, so not an attempt. Back off and
             # try again until the event's age runs out.
-            await self._retry_later(job, record, config, throttled=True)
+            await self._retry_later(job, record, config, run, throttled=True)
             return
         finally:
-            self._running.pop(job.key, None)
-        if job.key in self._stop_requested:
+            self._inflight.pop(job.key, None)
+            stopped = job.key in self._stop_requested
             self._stop_requested.discard(job.key)
+            await run.settle()
+        if stopped:
             await self._finish(
-                job, record, st.STOPPED, st.STOPPED_CONDITION, outcome, invoke_count,
+                job, record, st.STOPPED, st.STOPPED_CONDITION, outcome, invoke_count, run,
                 error=_error("Fnhost.Stopped", "the task was stopped while it ran"),
             )
-            return
-        if outcome.status == OK:
-            await self._finish(job, record, st.SUCCEEDED, st.SUCCESS, outcome, invoke_count)
+        elif outcome.status == OK:
+            await self._finish(job, record, st.SUCCEEDED, st.SUCCESS, outcome, invoke_count, run)
         elif outcome.retryable and job.attempt <= config.max_retry_attempts:
-            await self._retry_later(job, record, config, outcome=outcome)
+            await self._retry_later(job, record, config, run, outcome=outcome)
         else:
-            # A handler that failed to load never reached Running, yet it was an attempt.
-            inc = None if started else {"attempts": 1, "invoke_count": 1}
             await self._finish(
-                job, record, st.FAILED, st.RETRIES_EXHAUSTED, outcome, invoke_count,
-                error=outcome.error, inc=inc,
+                job, record, st.FAILED, st.RETRIES_EXHAUSTED, outcome, invoke_count, run,
+                error=outcome.error,
             )
+
+    async def _write_running(self, job: Job, run: Run) -> None:
+        """Record Processed and Running of a task still running after a moment."""
+        await asyncio.sleep(self._running_write_delay_s)
+        run.writing = True
+        earlier, fields, inc = run.pending(attempted=True)
+        applied = await self._tasks.advance(
+            job.key, st.RUNNING, when=RUNNABLE, earlier=earlier[:1], at=run.started_at,
+            fields=fields, inc=inc,
+        )
+        run.written = applied
+        if not applied:
+            # Stopped as queued (the stop crossed its start) or deleted: stop it.
+            self.on_control({"kind": c.CTL_STOP_TASK, "key": job.key})
 
     async def _not_runnable(self, job: Job, record: FunctionRecord) -> None:
         """The task's record says it must not run: stopped, deleted or already final."""
@@ -268,7 +315,7 @@ class TaskRunner:
         await self._tasks.set_fields(job.key, {"destination": delivery.to_dict()})
 
     async def _retry_later(
-        self, job: Job, record: FunctionRecord, config: AsyncConfig,
+        self, job: Job, record: FunctionRecord, config: AsyncConfig, run: Run,
         outcome: Outcome | None = None, throttled: bool = False,
     ) -> None:
         if throttled:
@@ -281,16 +328,20 @@ class TaskRunner:
         headers[H_QUEUED_MS] = int(due.timestamp() * 1000)
         if (due - job.created_at).total_seconds() > config.max_event_age_s:
             await self._finish(
-                job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, outcome, job.attempt,
+                job, record, st.EXPIRED, st.EVENT_AGE_EXCEEDED, outcome, job.attempt, run,
                 error=_error("Fnhost.EventAgeExceeded", "max_event_age_s ran out before a retry"),
             )
             return
         if job.task_mode:
-            fields: dict[str, Any] = {"due_at": due}
+            earlier, fields, inc = run.pending(attempted=outcome is not None)
+            fields["due_at"] = due
             if outcome is not None:
                 fields.update(_outcome_fields(outcome))
                 fields["error"] = outcome.error
-            if not await self._tasks.advance(job.key, st.RETRYING, when=RUNNABLE, fields=fields):
+            applied = await self._tasks.advance(
+                job.key, st.RETRYING, when=RUNNABLE, fields=fields, inc=inc, earlier=earlier
+            )
+            if not applied:
                 # Stopped (or finished) meanwhile: no retry timer, its record instead.
                 await self._not_runnable(job, record)
                 return
@@ -304,8 +355,7 @@ class TaskRunner:
 
     async def _finish(
         self, job: Job, record: FunctionRecord, status: str, condition: str,
-        outcome: Outcome | None, invoke_count: int, error: dict[str, Any] | None = None,
-        inc: dict[str, int] | None = None,
+        outcome: Outcome | None, invoke_count: int, run: Run, error: dict[str, Any] | None = None,
     ) -> None:
         """Deliver the destination record, then store the final status: then it may be acked."""
         config = record.config.async_
@@ -319,18 +369,26 @@ class TaskRunner:
             delivery = result.to_dict()
         if not job.task_mode:
             return
-        fields: dict[str, Any] = {
+        earlier, fields, inc = run.pending(attempted=outcome is not None)
+        fields.update({
             "destination": delivery,
             "timings.destination_ms": round((time.perf_counter() - started) * 1000, 3),
             "error": error,
-        }
+        })
         if outcome is not None:
             fields.update(_outcome_fields(outcome))
-        if inc:
             fields.setdefault("version", record.version)
-        await self._tasks.advance(
-            job.key, status, when=RUNNABLE | {st.STOPPING}, fields=fields, inc=inc
-        )
+        if await self._tasks.advance(
+            job.key, status, when=RUNNABLE | {st.STOPPING}, fields=fields, inc=inc, earlier=earlier
+        ):
+            return
+        if run.started_at is not None and not run.written:
+            # Marked Stopped as a queued task while it was starting here (before its
+            # Running was written): it did run, so its record takes the real outcome,
+            # the one its destination was given.
+            await self._tasks.overrule_stop(
+                job.key, status, fields=fields, inc=inc, earlier=earlier
+            )
 
     def _record(
         self, job: Job, record: FunctionRecord, condition: str, outcome: Outcome | None,

@@ -100,3 +100,43 @@ class BatchWriter:
                 op.future.set_result(True)
             else:
                 op.future.set_result(applied is None or op.key in applied)
+
+
+class BatchReader:
+    """Coalescing point reads: every `get` asked for while one `find` is in flight
+    goes out together in the next `find({_id: {$in: [...]}})`. A batch of fifty
+    costs the server about what two single reads do."""
+
+    def __init__(
+        self, collection: AsyncCollection[Doc], projection: Doc, max_batch: int = 500
+    ) -> None:
+        self._collection = collection
+        self._projection = projection
+        self._max = max_batch
+        self._pending: dict[Any, list[asyncio.Future[Doc | None]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    async def get(self, key: Any) -> Doc | None:
+        future: asyncio.Future[Doc | None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append(future)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_all())
+        return await future
+
+    async def _read_all(self) -> None:
+        while self._pending:
+            keys = list(self._pending)[: self._max]
+            waiting = {key: self._pending.pop(key) for key in keys}
+            try:
+                found = self._collection.find({"_id": {"$in": keys}}, self._projection)
+                docs = {doc["_id"]: doc async for doc in found}
+            except Exception as exc:
+                for futures in waiting.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for key, futures in waiting.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(docs.get(key))

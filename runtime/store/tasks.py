@@ -17,7 +17,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from runtime.errors import Conflict
-from runtime.store.batch import BatchWriter
+from runtime.store.batch import BatchReader, BatchWriter
 from runtime.store.mongo import Doc, Mongo
 from runtime.tasks import status as st
 
@@ -51,6 +51,7 @@ class TaskStore:
         self._retention = timedelta(seconds=retention_s)
         self._task_writes = BatchWriter(self._tasks)
         self._id_writes = BatchWriter(self._ids)
+        self._status_reads = BatchReader(self._tasks, {"status": 1})
 
     async def ensure_indexes(self) -> None:
         await self._tasks.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
@@ -162,15 +163,17 @@ class TaskStore:
         fields: dict[str, Any] | None = None,
         inc: dict[str, int] | None = None,
         earlier: list[tuple[str, datetime]] | None = None,
+        at: datetime | None = None,
     ) -> bool:
         """`transition` for the hot path: batched with other writes, returns only
         whether it applied. `earlier` adds statuses passed on the way (with their
-        times) to the history before `to`, in the same write."""
-        at = now()
+        times) to the history before `to`, in the same write; `at` is when `to`
+        happened (now by default)."""
+        at = at or now()
         entries = [{"status": s, "at": t} for s, t in (earlier or [])]
         entries.append({"status": to, "at": at})
         update: dict[str, Any] = {
-            "$set": {"status": to, "updated_at": at, **(fields or {})},
+            "$set": {"status": to, "updated_at": now(), **(fields or {})},
             "$push": {"history": {"$each": entries}},
         }
         if inc:
@@ -178,6 +181,35 @@ class TaskStore:
         return await self._task_writes.update(
             {"_id": key, "status": {"$in": sorted(when)}}, update
         )
+
+    async def status(self, key: str) -> str | None:
+        """The task's status (None when it is gone); batched with other reads."""
+        doc = await self._status_reads.get(key)
+        return None if doc is None else str(doc["status"])
+
+    async def overrule_stop(
+        self,
+        key: str,
+        to: str,
+        *,
+        fields: dict[str, Any],
+        inc: dict[str, int] | None,
+        earlier: list[tuple[str, datetime]],
+    ) -> bool:
+        """A task marked Stopped as queued while a scheduler was starting it: store
+        what really happened (it ran), its history kept in time order."""
+        at = now()
+        entries = [{"status": s, "at": t} for s, t in earlier]
+        if to != st.STOPPED:
+            entries.append({"status": to, "at": at})
+        update: dict[str, Any] = {
+            "$set": {"status": to, "updated_at": at, **fields},
+            "$push": {"history": {"$each": entries, "$sort": {"at": 1}}},
+        }
+        if inc:
+            update["$inc"] = inc
+        result = await self._tasks.update_one({"_id": key, "status": st.STOPPED}, update)
+        return result.modified_count == 1
 
     async def set_fields(self, key: str, fields: dict[str, Any]) -> None:
         await self._tasks.update_one({"_id": key}, {"$set": fields})
