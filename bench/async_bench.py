@@ -348,16 +348,30 @@ def wrk_events(url: str, key: str, function: str, connections: int, seconds: int
     }
 
 
-async def accept_rate(p: Platform, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+async def accept_rate(
+    p: Platform, mode: str, args: argparse.Namespace, scheduler_pid: int | None = None
+) -> dict[str, Any]:
+    """With `scheduler_pid`, that scheduler is stopped (SIGSTOP) while wrk runs: the
+    gateway, the broker and the database have the machine to themselves, as they do
+    when schedulers run on other hosts; the tasks wait in the queue meanwhile."""
     queue = p.destination(mode)
     await p.purge(queue)
     load = os.getloadavg()[0]
     p.meter.start()
     started = time.monotonic()
-    log(f"(a) wrk: {args.connections} connections, {args.seconds} s, {p.function(mode)}")
-    result = await asyncio.to_thread(
-        wrk_events, p.url, p.key, p.function(mode), args.connections, args.seconds, args.wrk_threads
-    )
+    alone = " (scheduler stopped)" if scheduler_pid else ""
+    log(f"(a) wrk: {args.connections} connections, {args.seconds} s, {p.function(mode)}{alone}")
+    if scheduler_pid:
+        os.kill(scheduler_pid, signal.SIGSTOP)
+    try:
+        result = await asyncio.to_thread(
+            wrk_events, p.url, p.key, p.function(mode), args.connections, args.seconds,
+            args.wrk_threads,
+        )
+    finally:
+        if scheduler_pid:
+            os.kill(scheduler_pid, signal.SIGCONT)
+    result["scheduler_stopped"] = bool(scheduler_pid)
     result["loadavg_1m_before"] = round(load, 2)
     # Every accepted task must come back as a destination record (nothing lost); the
     # backlog also has to be gone before the next figure is measured.
@@ -687,10 +701,13 @@ class Celery:
 
 def summary(report: dict[str, Any]) -> list[str]:
     lines = []
-    for mode, r in report.get("accept", {}).items():
+    for name, r in report.get("accept", {}).items():
         verdict = "met" if r["accepted_per_s"] >= ACCEPT_TARGET else "MISSED"
+        mode = name.removesuffix("_alone")
+        alone = ", scheduler stopped" if r.get("scheduler_stopped") else ", scheduler consuming"
         lines.append(
-            f"(a) accept, task mode {'on' if MODES[mode] else 'off'}: {r['accepted_per_s']:,.0f} 202s/s "
+            f"(a) accept, task mode {'on' if MODES[mode] else 'off'}{alone}: "
+            f"{r['accepted_per_s']:,.0f} 202s/s "
             f"(p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['connections']} connections, "
             f"{r['non_202']} non-202); target >= {ACCEPT_TARGET:,.0f}/s: {verdict}"
         )
@@ -712,8 +729,12 @@ def summary(report: dict[str, Any]) -> list[str]:
             + f"; target >= {RATIO_TARGET}x"
         )
     cpu_lines = []
-    for mode, r in report.get("accept", {}).items():
-        cpu_lines.append((f"(a) task mode {'on' if MODES[mode] else 'off'}", r.get("cpu_ms_per_task")))
+    for name, r in report.get("accept", {}).items():
+        mode = name.removesuffix("_alone")
+        label = f"(a) task mode {'on' if MODES[mode] else 'off'}"
+        if r.get("scheduler_stopped"):
+            label += ", scheduler stopped"
+        cpu_lines.append((label, r.get("cpu_ms_per_task")))
     for name, r in e2e.items():
         if name != "ratios":
             cpu_lines.append((f"(b) {name}", r.get("cpu_ms_per_task")))
@@ -749,10 +770,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await fnhost_e2e(p, mode, args.warmup, args.submit_connections, args.timeout)
         if "a" in args.figures:
             report["accept"] = {}
-            for mode in modes:
-                r = await accept_rate(p, mode, args)
+            runs = [(mode, None) for mode in modes]
+            if args.accept_alone:
+                if "scheduler" not in pids:
+                    raise SystemExit("--accept-alone needs --watch scheduler=PID")
+                runs += [(mode, pids["scheduler"]) for mode in modes]
+            for mode, scheduler_pid in runs:
+                r = await accept_rate(p, mode, args, scheduler_pid)
                 wrk_output = r.pop("wrk_output")
-                report["accept"][mode] = r
+                report["accept"][mode + ("_alone" if scheduler_pid else "")] = r
                 if r["non_202"] or r["socket_errors"]:
                     raise SystemExit(f"wrk saw {r['non_202']} non-202 answers (last "
                                      f"{r['last_non_202_status']}) and {r['socket_errors']} "
@@ -802,6 +828,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="(a) wrk connections")
     parser.add_argument("--seconds", type=int, default=10, help="(a) wrk duration")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--accept-alone", action="store_true",
+                        help="(a) once more with the --watch scheduler stopped while wrk runs")
     parser.add_argument("--drain-timeout", type=float, default=900,
                         help="(a) how long to wait for the accepted tasks to finish")
     parser.add_argument("--tasks", type=int, default=2000, help="(b) tasks per run")

@@ -19,6 +19,7 @@ import uvloop
 from runtime.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fnhost")
+KEEP_ALIVE_S = 75  # longer than the idle timeout of common load balancers (60 s)
 
 
 def _setup_logging(settings: Settings, role: str) -> None:
@@ -39,22 +40,38 @@ def _stop_event() -> asyncio.Event:
 
 
 def run_gateway(settings: Settings) -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     from gateway.app import create_app
 
-    config = Config()
-    config.bind = [settings.bind]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
+    app = create_app(settings)
+    host, _, port = settings.bind.rpartition(":")
+    if settings.gateway_server == "hypercorn":
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
 
-    async def main() -> None:
-        stop = _stop_event()
-        await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        config = Config()
+        config.bind = [settings.bind]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.keep_alive_timeout = KEEP_ALIVE_S
 
-    uvloop.run(main())
+        async def main() -> None:
+            stop = _stop_event()
+            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+        uvloop.run(main())
+        return
+    import uvicorn
+
+    # httptools parses a request in C: about half the gateway's CPU per async
+    # invoke under Hypercorn and h11 (measured, bench/async_bench.py).
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host.strip("[]"), port=int(port), loop="none", http="httptools",
+            ws="none", lifespan="on", access_log=False, server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_S, log_config=None,
+        )
+    )
+    uvloop.run(server.serve())  # stops on SIGINT / SIGTERM, after the lifespan's shutdown
 
 
 def run_scheduler(settings: Settings) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
 
     # Where things are.
     bind: str = "127.0.0.1:8080"
+    # FNHOST_GATEWAY_SERVER: the gateway's HTTP server: uvicorn (with httptools, the
+    # faster) or hypercorn.
+    gateway_server: Literal["uvicorn", "hypercorn"] = "uvicorn"
     admin_key: SecretStr | None = None
     cluster_secret: SecretStr | None = None
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
