@@ -42,26 +42,50 @@ async def invoke_exchange(channel: AbstractChannel) -> AbstractExchange:
 
 
 DEAD_LETTER_EXCHANGE = "fnhost.dead"
-DEAD_LETTER_QUEUE = "fnhost.dead"
+LEGACY_DEAD_LETTER_QUEUE = "fnhost.dead"  # one queue shared by every cluster (before 0.2)
 # A message redelivered this often is poison (it crashed the consumer each
 # time); it goes to the dead-letter queue, where the task is marked Failed.
 DELIVERY_LIMIT = 20
 
 
-async def dead_letters(channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
-    exchange = await channel.declare_exchange(
+def dead_letter_queue(cluster_id: str) -> str:
+    return f"fnhost.dead.{cluster_id}"
+
+
+async def dead_letter_exchange(channel: AbstractChannel) -> AbstractExchange:
+    return await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
+
+
+async def dead_letters(channel: AbstractChannel, cluster_id: str) -> aio_pika.abc.AbstractQueue:
+    """This cluster's dead-letter queue. The exchange is a fanout, so every cluster
+    on the vhost gets a copy of every dead letter and handles those of its own
+    tenants: no cluster can take another's."""
+    exchange = await dead_letter_exchange(channel)
     queue = await channel.declare_queue(
-        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        dead_letter_queue(cluster_id), durable=True, arguments={"x-queue-type": "quorum"}
     )
     await queue.bind(exchange)
     return queue
 
 
+async def drop_legacy_dead_letters(connection: AbstractRobustConnection) -> None:
+    """Delete the shared dead-letter queue of earlier versions, if it is empty (else
+    leave it for an operator: its messages may belong to any cluster)."""
+    channel = await connection.channel()
+    try:
+        await channel.queue_delete(LEGACY_DEAD_LETTER_QUEUE, if_empty=True)
+    except aio_pika.exceptions.AMQPError:
+        pass  # not empty: the broker closed this channel, nothing else
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
 async def tenant_queue(channel: AbstractChannel, tenant: str) -> aio_pika.abc.AbstractQueue:
     """The tenant's durable quorum queue, bound to the invoke exchange by tenant id."""
-    await dead_letters(channel)
+    await dead_letter_exchange(channel)
     exchange = await invoke_exchange(channel)
     queue = await channel.declare_queue(
         c.tenant_queue(tenant),

@@ -13,7 +13,12 @@ import contextlib
 import logging
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from runtime import constants as c
 from runtime.broker import topology
@@ -51,11 +56,22 @@ class QueueConsumers:
     async def start(self) -> None:
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.async_prefetch)
-        dead = await topology.dead_letters(self._channel)
-        await dead.consume(self._runner.dead_letter)
         async for doc in self._mongo.tenants.find({}, {"_id": 1}):
             self._tenants.add(str(doc["_id"]))
+        await topology.drop_legacy_dead_letters(self._connection)
+        dead = await topology.dead_letters(self._channel, self._settings.cluster_id)
+        await dead.consume(self._dead_letter)
         self._task = asyncio.create_task(self._loop(), name="queue-consumers")
+
+    async def _dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """Every cluster on the vhost gets a copy of each dead letter: handle ours."""
+        tenant = str((message.headers or {}).get(c.H_TENANT, ""))
+        if tenant not in self._tenants:
+            if await self._mongo.tenants.find_one({"_id": tenant}, {"_id": 1}) is None:
+                await message.ack()  # another cluster's tenant: that cluster has its copy
+                return
+            self._tenants.add(tenant)
+        await self._runner.dead_letter(message)
 
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") == c.CTL_TENANT:
