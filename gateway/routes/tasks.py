@@ -158,9 +158,15 @@ async def retry_task(request: Request) -> JSONResponse:
         tenant=tenant.id, function=doc["function"], task_id=doc["task_id"],
         request_id=doc.get("request_id") or "", created_at=now, attempt=1, task_mode=True,
     )
-    await services.publisher.publish(
-        tenant.id, headers, bytes(doc.get("payload") or b""), doc.get("content_type")
-    )
+    try:
+        await services.publisher.publish(
+            tenant.id, headers, bytes(doc.get("payload") or b""), doc.get("content_type")
+        )
+    except Exception:
+        # Not queued: the task is as it was (the caller may retry it again), never
+        # Enqueued without a message.
+        await services.tasks.undo_redrive(doc)
+        raise
     return JSONResponse(describe(updated), status_code=202)
 
 

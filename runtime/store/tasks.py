@@ -211,6 +211,17 @@ class TaskStore:
         result = await self._tasks.update_one({"_id": key, "status": st.STOPPED}, update)
         return result.modified_count == 1
 
+    async def undo_redrive(self, before: Doc) -> None:
+        """Put back a task moved to Enqueued by a retry whose message was not queued."""
+        restored = {k: before.get(k) for k in ("created_at", "expire_at", "due_at", "destination", "error")}
+        await self._tasks.update_one(
+            {"_id": before["_id"], "status": st.ENQUEUED},
+            {
+                "$set": {"status": before["status"], "updated_at": now(), **restored},
+                "$pop": {"history": 1},
+            },
+        )
+
     async def set_fields(self, key: str, fields: dict[str, Any]) -> None:
         await self._tasks.update_one({"_id": key}, {"$set": fields})
 
