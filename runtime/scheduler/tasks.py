@@ -208,12 +208,13 @@ class TaskRunner:
                 )
             return
         config = record.config.async_
+        if job.task_mode and await self._tasks.status(job.key) not in RUNNABLE:
+            # Stopped, deleted or already final: drop it before it costs a container
+            # (or, its function paused, a parking timer).
+            await self._not_runnable(job, record)
+            return
         if record.config.paused:
             await self._schedule(job, PARK, datetime.now(UTC) + timedelta(seconds=PARK_S), job.headers())
-            return
-        if job.task_mode and await self._tasks.status(job.key) not in RUNNABLE:
-            # Stopped, deleted or already final: drop it before it costs a container.
-            await self._not_runnable(job, record)
             return
         # Approximate, as the contract says: a redelivery after a crash counts once more.
         invoke_count = job.attempt + (1 if job.message.redelivered else 0)

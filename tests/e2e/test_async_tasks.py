@@ -26,6 +26,7 @@ from tests.harness import (
     ROOT,
     MongoServer,
     Platform,
+    Webhook,
     assert_error,
     container_gone,
     deploy,
@@ -522,6 +523,27 @@ def test_pause_and_resume(tenant: httpx.Client) -> None:
         task = wait_task(tenant, tid, timeout=max(0.5, deadline - time.monotonic()))
         assert task["status"] == "Succeeded" and task["result"] == {"message": f"hello, {i}"}, task
         assert statuses(task) == HISTORY_OK, task
+
+
+def test_stop_while_paused_is_final_at_once(tenant: httpx.Client) -> None:
+    """A paused function's queued task, stopped: its Stopped record goes out now, not
+    after a resume; and a resume does not run it."""
+    with Webhook() as hook:
+        config = {"async": {"on_failure": {"type": "webhook", "url": hook.url}}}
+        deployed(tenant, "hello", "hello", config)
+        ok(tenant.post("/v1/functions/hello/pause"))
+        tid = accepted(submit_event(tenant, "hello", {}))
+        time.sleep(1.0)  # taken from the queue and parked
+        assert ok(tenant.post(f"/v1/tasks/{tid}/stop"))["status"] == "Stopped"
+        (post,) = hook.wait(1, timeout=10, task_id=tid)
+        assert post["json"]["requestContext"]["condition"] == "Stopped", post["json"]
+        task = wait_task(tenant, tid, until=lambda t: t["destination"] is not None)
+        assert task["destination"]["status"] == "delivered", task
+        ok(tenant.post("/v1/functions/hello/resume"))
+        time.sleep(2.0)
+        task = ok(tenant.get(f"/v1/tasks/{tid}"))
+        assert task["status"] == "Stopped" and statuses(task) == ["Enqueued", "Stopped"], task
+        assert len(hook.wait(1, timeout=0.1, task_id=tid)) == 1
 
 
 def test_batch_delete_queued_tasks(tenant: httpx.Client) -> None:
