@@ -13,9 +13,14 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import requests
 
 from runtime import constants as c
+from runtime.errors import Unavailable
 from runtime.settings import Settings
+
+# What the Docker SDK raises when the engine is down, overloaded or refuses a request.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,16 +98,25 @@ class DockerEngine:
         return docker_id
 
     async def run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
-        """Create and start a hardened container for a cell; returns its id."""
-        async with self._starts:
-            return str(await self._call(self._run, name, cell_dir, memory_mb))
+        """Create and start a hardened container for a cell; returns its id.
+
+        Unavailable when the engine fails: not the function's fault, so an async
+        task waits and tries again (durably) rather than failing or crash-looping."""
+        try:
+            async with self._starts:
+                return str(await self._call(self._run, name, cell_dir, memory_mb))
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"the Docker engine could not start a container: {exc!s:.300}") from None
 
     async def resize(self, docker_id: str, memory_mb: int) -> None:
         memory = f"{memory_mb}m"
         # Raising the limit must raise memory+swap first, lowering the other way round.
-        await self._call(
-            self.client.api.update_container, docker_id, mem_limit=memory, memswap_limit=memory
-        )
+        try:
+            await self._call(
+                self.client.api.update_container, docker_id, mem_limit=memory, memswap_limit=memory
+            )
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"the Docker engine could not resize a container: {exc!s:.300}") from None
 
     def _remove(self, docker_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):

@@ -362,3 +362,22 @@ async def test_dead_stem_cells_are_skipped(
     for docker_id in dead:
         assert docker_id is not None
         await eventually(partial(gone, docker_client, docker_id), 10, "dead stem removed")
+
+
+@pytest.mark.parametrize("failure", ["engine unreachable", "image missing"])
+async def test_a_docker_engine_failure_is_unavailable(
+    make_pool: PoolFactory, bundle_dir: Path, failure: str, tmp_path: Path
+) -> None:
+    """Not the function's fault: Unavailable (an async task waits and tries again),
+    never the Docker SDK's own exception (which crash-looped the message), and no
+    container is left half made."""
+    if failure == "image missing":
+        pool = await make_pool(stem_cells=0, runtime_image="fnhost/no-such-image:0")
+    else:
+        pool = await make_pool(stem_cells=0)
+        pool._engine._client = docker.DockerClient(
+            base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41", timeout=5
+        )
+    with pytest.raises(Unavailable, match="Docker engine"):
+        await pool.acquire(spec_for(bundle_dir), wait_s=2)
+    await eventually(lambda: not pool.containers, 10, "the failed container dropped")
