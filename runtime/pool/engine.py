@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +20,8 @@ from runtime import constants as c
 from runtime.errors import Unavailable
 from runtime.settings import Settings
 
+# How long an exit by SIGKILL is re-read for Docker's out-of-memory flag.
+OOM_FLAG_WAIT_S = 0.5
 # What the Docker SDK raises when the engine is down, overloaded or refuses a request.
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -145,13 +148,20 @@ class DockerEngine:
         if wait_s > 0:
             with contextlib.suppress(Exception):  # still running after wait_s, or gone
                 await self._call(self.client.api.wait, docker_id, timeout=wait_s)
-        try:
-            attrs = await self._call(self.client.api.inspect_container, docker_id)
-        except docker.errors.NotFound:
-            return ExitInfo(None, False)
-        state = attrs.get("State", {})
-        running = state.get("Running", False)
-        return ExitInfo(None if running else state.get("ExitCode"), bool(state.get("OOMKilled")))
+        deadline = time.monotonic() + OOM_FLAG_WAIT_S
+        while True:
+            try:
+                attrs = await self._call(self.client.api.inspect_container, docker_id)
+            except docker.errors.NotFound:
+                return ExitInfo(None, False)
+            state = attrs.get("State", {})
+            running = state.get("Running", False)
+            info = ExitInfo(None if running else state.get("ExitCode"), bool(state.get("OOMKilled")))
+            # Killed (137) but not (yet) flagged: Docker records the OOM event apart
+            # from the exit, sometimes a moment after it.
+            if info.exit_code != 137 or info.oom_killed or time.monotonic() > deadline:
+                return info
+            await asyncio.sleep(0.05)
 
     async def list_owned(self) -> list[str]:
         """Ids of containers left by an earlier run of this scheduler."""

@@ -8,10 +8,12 @@ the label, even when a test fails.
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -364,20 +366,23 @@ async def test_dead_stem_cells_are_skipped(
         await eventually(partial(gone, docker_client, docker_id), 10, "dead stem removed")
 
 
-@pytest.mark.parametrize("failure", ["engine unreachable", "image missing"])
-async def test_a_docker_engine_failure_is_unavailable(
-    make_pool: PoolFactory, bundle_dir: Path, failure: str, tmp_path: Path
+async def test_an_unreachable_docker_engine_is_unavailable(
+    make_pool: PoolFactory, bundle_dir: Path, tmp_path: Path
 ) -> None:
     """Not the function's fault: Unavailable (an async task waits and tries again),
     never the Docker SDK's own exception (which crash-looped the message), and no
     container is left half made."""
-    if failure == "image missing":
-        pool = await make_pool(stem_cells=0, runtime_image="fnhost/no-such-image:0")
-    else:
-        pool = await make_pool(stem_cells=0)
-        pool._engine._client = docker.DockerClient(
-            base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41", timeout=5
-        )
+    pool = await make_pool(stem_cells=0)
+    if pool._engine._client is not None:
+        pool._engine._client.close()
+    pool._engine._client = docker.DockerClient(
+        base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41", timeout=5
+    )
     with pytest.raises(Unavailable, match="Docker engine"):
         await pool.acquire(spec_for(bundle_dir), wait_s=2)
     await eventually(lambda: not pool.containers, 10, "the failed container dropped")
+    # The Docker SDK's unix connection leaves its socket to the garbage collector
+    # when connect() fails: collect it here, its ResourceWarning is not ours.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
