@@ -71,13 +71,16 @@ async def dead_letters(channel: AbstractChannel, cluster_id: str) -> aio_pika.ab
 
 
 async def drop_legacy_dead_letters(connection: AbstractRobustConnection) -> None:
-    """Delete the shared dead-letter queue of earlier versions, if it is empty (else
-    leave it for an operator: its messages may belong to any cluster)."""
+    """Delete the shared dead-letter queue of earlier versions once it is empty (else
+    leave it to an operator: its messages may belong to any cluster). Quorum queues
+    refuse `if-empty` deletes (with a connection error), so its depth is read first."""
     channel = await connection.channel()
     try:
-        await channel.queue_delete(LEGACY_DEAD_LETTER_QUEUE, if_empty=True)
-    except aio_pika.exceptions.AMQPError:
-        pass  # not empty: the broker closed this channel, nothing else
+        queue = await channel.declare_queue(LEGACY_DEAD_LETTER_QUEUE, passive=True)
+        if not queue.declaration_result.message_count:
+            await channel.queue_delete(LEGACY_DEAD_LETTER_QUEUE)
+    except aio_pika.exceptions.ChannelClosed:
+        pass  # there is none: the broker closed this channel, nothing else
     finally:
         if not channel.is_closed:
             await channel.close()

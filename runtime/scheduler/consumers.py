@@ -50,6 +50,7 @@ class QueueConsumers:
         self._tenants: set[str] = set()
         self._consuming: dict[str, tuple[AbstractQueue, str]] = {}
         self._channel: AbstractChannel | None = None
+        self._dead_channel: AbstractChannel | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -59,7 +60,11 @@ class QueueConsumers:
         async for doc in self._mongo.tenants.find({}, {"_id": 1}):
             self._tenants.add(str(doc["_id"]))
         await topology.drop_legacy_dead_letters(self._connection)
-        dead = await topology.dead_letters(self._channel, self._settings.cluster_id)
+        # A channel of its own: the task channel's acks go out as multiple acks,
+        # which must never cover a dead letter still being handled.
+        self._dead_channel = await self._connection.channel()
+        await self._dead_channel.set_qos(prefetch_count=16)
+        dead = await topology.dead_letters(self._dead_channel, self._settings.cluster_id)
         await dead.consume(self._dead_letter)
         self._task = asyncio.create_task(self._loop(), name="queue-consumers")
 

@@ -30,6 +30,7 @@ from runtime.errors import Throttled, Unavailable
 from runtime.models import AsyncConfig
 from runtime.pool.container import Container
 from runtime.pool.pool import Lease, Pool
+from runtime.scheduler.acks import Acks
 from runtime.scheduler.invoker import OK, TIMEOUT, Invocation, Invoker, Outcome
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
@@ -155,19 +156,22 @@ class TaskRunner:
         self._destinations = destinations
         # Tasks taken from the queue and not finished; the container once bound.
         self._inflight: dict[str, Container | None] = {}
+        self._acks = Acks()
         self._stop_requested: set[str] = set()
 
     # -- entry points ----------------------------------------------------------
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Run one message; ack after its outcome is stored, nack (redeliver) on a crash."""
+        self._acks.taken(message)
         try:
             await self._handle(Job.decode(message))
         except Exception:
             log.exception("task handling failed; the message will be redelivered")
+            self._acks.forget(message)
             await message.nack(requeue=True)
             return
-        await message.ack()
+        self._acks.done(message)
 
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") != c.CTL_STOP_TASK:
