@@ -78,6 +78,8 @@ class Settings(BaseSettings):
 
     # Asynchronous tasks.
     task_retention_s: Annotated[float, Field(ge=60)] = 7 * 86400
+    # FNHOST_EXPIRY_SWEEP_S: how often a scheduler deletes records past their retention.
+    expiry_sweep_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     async_prefetch: Annotated[int, Field(ge=1, le=10000)] = 64
     timer_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     queue_owners: Annotated[int, Field(ge=1, le=64)] = 2

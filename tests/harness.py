@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from runtime.cli import EMBEDDED_MONGO_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
 AMQP_URL = os.environ.get("FNHOST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/fnhost-test")
@@ -64,9 +66,11 @@ class MongoServer:
         port = free_port()
         self._dir = tempfile.mkdtemp(prefix="fnhost-test-mongo-")
         exe = Path(sys.executable).with_name("secantusd-py")
+        config = Path(self._dir) / "secantusd.toml"
+        config.write_text(EMBEDDED_MONGO_CONFIG)  # as `fnhost up` runs it
         self.proc = subprocess.Popen(
-            [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", self._dir,
-             "--standalone"],
+            [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", str(Path(self._dir) / "data"), "--standalone"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(port, 60, self.proc)

@@ -27,6 +27,7 @@ from runtime.broker.publisher import InvokePublisher
 from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
 from runtime.store.mongo import Mongo
+from runtime.store.tasks import TaskStore
 from runtime.store.timers import TimerStore
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,33 @@ class TimerLoop:
 
         await asyncio.gather(*(fire(doc) for doc in docs))
         return len(docs)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class ExpirySweep:
+    """Deletes task records past their retention, every `interval_s` (see
+    TaskStore.delete_expired). Every scheduler runs it; the deletes are idempotent."""
+
+    def __init__(self, tasks: TaskStore, interval_s: float) -> None:
+        self._tasks = tasks
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="expiry-sweep")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                deleted = await self._tasks.delete_expired()
+                if deleted:
+                    log.info("deleted %d expired task records", deleted)
+            except Exception:
+                log.exception("deleting expired task records failed; will try again")
 
     def close(self) -> None:
         if self._task is not None:

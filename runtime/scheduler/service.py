@@ -20,7 +20,7 @@ from runtime.hop import HopServer
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
 from runtime.scheduler.bundle_cache import BundleCache
-from runtime.scheduler.consumers import QueueConsumers, TimerLoop
+from runtime.scheduler.consumers import ExpirySweep, QueueConsumers, TimerLoop
 from runtime.scheduler.invoker import Invoker
 from runtime.scheduler.sync import SyncHandler
 from runtime.scheduler.tasks import TaskRunner
@@ -85,6 +85,8 @@ class Scheduler:
         await self.consumers.start()
         self.timer_loop = TimerLoop(self.timers, self.publisher, self.settings.timer_poll_s)
         self.timer_loop.start()
+        self.expiry = ExpirySweep(self.tasks, self.settings.expiry_sweep_s)
+        self.expiry.start()
         self.hop = HopServer(
             self.settings.cluster_token,
             SyncHandler(self.cache, self.invoker, self.settings.sync_concurrency)
@@ -142,6 +144,8 @@ class Scheduler:
             await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
         if hasattr(self, "timer_loop"):
             self.timer_loop.close()
+        if hasattr(self, "expiry"):
+            self.expiry.close()
         if hasattr(self, "consumers"):
             await self.consumers.close()
         if hasattr(self, "hop"):

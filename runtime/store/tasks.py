@@ -211,6 +211,17 @@ class TaskStore:
         result = await self._tasks.update_one({"_id": key, "status": st.STOPPED}, update)
         return result.modified_count == 1
 
+    async def delete_expired(self, at: datetime | None = None) -> int:
+        """Delete the records (and claimed ids) whose `expire_at` has passed.
+
+        The TTL index does this on MongoDB; the embedded MongoDB-wire server's TTL
+        monitor scans the whole collection under a lock instead, so fnhost runs it
+        with that monitor off and sweeps by this range query on the index."""
+        query = {"expire_at": {"$lt": at or now()}}
+        deleted = await self._tasks.delete_many(query)
+        await self._ids.delete_many(query)
+        return int(deleted.deleted_count)
+
     async def undo_redrive(self, before: Doc) -> None:
         """Put back a task moved to Enqueued by a retry whose message was not queued."""
         restored = {k: before.get(k) for k in ("created_at", "expire_at", "due_at", "destination", "error")}
