@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import secrets
@@ -12,17 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import uvloop
 
+from runtime import embedded_mongo
 from runtime.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fnhost")
-# The embedded server's TTL monitor decodes every document of a collection under
-# a lock, each minute: the schedulers expire task records by an indexed range
-# delete instead (runtime/store/tasks.py, delete_expired).
-EMBEDDED_MONGO_CONFIG = "[storage]\nttl_sweep_seconds = 0\n"
 KEEP_ALIVE_S = 75  # longer than the idle timeout of common load balancers (60 s)
 
 
@@ -111,21 +108,14 @@ def _start_embedded_mongo(settings: Settings) -> subprocess.Popen[bytes] | None:
         return None
     storage = settings.data_dir / "mongo"
     storage.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).with_name("secantusd-py")
-    if not exe.exists():
+    if importlib.util.find_spec("secantus") is None:
         raise SystemExit(
             "FNHOST_MONGO_URL is unset and the embedded server is not installed: "
             "pip install 'fnhost[embedded]' or set FNHOST_MONGO_URL"
         )
     logfile = open(settings.data_dir / "mongo.log", "ab")
-    # --standalone: no replica-set advertisement, so no oplog write per document
-    # changed (fnhost uses neither change streams nor transactions): a third less
-    # server CPU per update, measured.
-    config = settings.data_dir / "secantusd.toml"
-    config.write_text(EMBEDDED_MONGO_CONFIG)
     proc = subprocess.Popen(
-        [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-         "--storage-path", str(storage), "--standalone"],
+        embedded_mongo.command(port, storage),
         stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 60

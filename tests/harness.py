@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from runtime.cli import EMBEDDED_MONGO_CONFIG
+from runtime import embedded_mongo
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
@@ -65,12 +65,8 @@ class MongoServer:
             return
         port = free_port()
         self._dir = tempfile.mkdtemp(prefix="fnhost-test-mongo-")
-        exe = Path(sys.executable).with_name("secantusd-py")
-        config = Path(self._dir) / "secantusd.toml"
-        config.write_text(EMBEDDED_MONGO_CONFIG)  # as `fnhost up` runs it
         self.proc = subprocess.Popen(
-            [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-             "--storage-path", str(Path(self._dir) / "data"), "--standalone"],
+            embedded_mongo.command(port, Path(self._dir)),  # as `fnhost up` runs it
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(port, 60, self.proc)
