@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     async_prefetch: Annotated[int, Field(ge=1, le=10000)] = 64
     timer_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     queue_owners: Annotated[int, Field(ge=1, le=64)] = 2
+    # FNHOST_SHUTDOWN_GRACE_S: on SIGTERM a scheduler takes no new task and waits this
+    # long for the ones in hand; those still running then go back to their queue.
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # FNHOST_RUNNING_WRITE_DELAY_S: a task's Running status is written once it has run
     # this long; a shorter task's Processed and Running go with its outcome, one write.
     running_write_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.2

@@ -32,6 +32,8 @@ from runtime.store.timers import TimerStore
 from runtime.tasks.submit import Submission, Submitter
 
 log = logging.getLogger(__name__)
+# How long shutdown waits for the containers to be removed (Docker can be slow).
+POOL_CLOSE_S = 30.0
 
 
 class Scheduler:
@@ -147,14 +149,22 @@ class Scheduler:
         if hasattr(self, "expiry"):
             self.expiry.close()
         if hasattr(self, "consumers"):
-            await self.consumers.close()
+            await self.consumers.close()  # no new task; the ones in hand go on
         if hasattr(self, "hop"):
             await self.hop.close()
-        await self.pool.close()
-        if hasattr(self, "destinations"):
-            await self.destinations.close()
+        if hasattr(self, "runner"):
+            await self.runner.drain(self.settings.shutdown_grace_s)
+        # Closed before the containers go: the messages of abandoned tasks are back
+        # in their queues before any of those tasks could be taken for failed.
         with contextlib.suppress(Exception):
             await self.connection.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), POOL_CLOSE_S)
+        except TimeoutError:
+            log.warning("containers still being removed after %.0f s: the next start "
+                        "of this scheduler removes what is left", POOL_CLOSE_S)
+        if hasattr(self, "destinations"):
+            await self.destinations.close()
         self.engine.close()
         await self.mongo.close()
 

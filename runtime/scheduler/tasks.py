@@ -98,6 +98,11 @@ class NotRunnable(Exception):
     """The task's record forbids running it (stopped, deleted, already final)."""
 
 
+class Abandoned(Exception):
+    """The scheduler is shutting down past its grace period: this run's outcome is
+    not recorded; the message, unacknowledged, goes back to the queue."""
+
+
 @dataclass
 class Run:
     """What the task record has still to learn about this delivery.
@@ -157,6 +162,10 @@ class TaskRunner:
         # Tasks taken from the queue and not finished; the container once bound.
         self._inflight: dict[str, Container | None] = {}
         self._acks = Acks()
+        self._handling = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._abandoning = False
         self._stop_requested: set[str] = set()
 
     # -- entry points ----------------------------------------------------------
@@ -164,14 +173,35 @@ class TaskRunner:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Run one message; ack after its outcome is stored, nack (redeliver) on a crash."""
         self._acks.taken(message)
+        self._handling += 1
+        self._idle.clear()
         try:
             await self._handle(Job.decode(message))
+        except Abandoned:
+            self._acks.forget(message)  # redelivered once this scheduler's channel closes
+            return
         except Exception:
             log.exception("task handling failed; the message will be redelivered")
             self._acks.forget(message)
             await message.nack(requeue=True)
             return
+        finally:
+            self._handling -= 1
+            if not self._handling:
+                self._idle.set()
         self._acks.done(message)
+
+    async def drain(self, grace_s: float) -> bool:
+        """Wait up to `grace_s` for the tasks in hand to finish; then abandon the rest:
+        their outcomes are not recorded and their messages go back to the queue (to
+        run again elsewhere, not to fail because this scheduler stopped)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return True
+        except TimeoutError:
+            self._abandoning = True
+            log.warning("shutting down with %d task(s) in hand: they will run again", self._handling)
+            return False
 
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") != c.CTL_STOP_TASK:
@@ -268,6 +298,8 @@ class TaskRunner:
             stopped = job.key in self._stop_requested
             self._stop_requested.discard(job.key)
             await run.settle()
+        if self._abandoning:
+            raise Abandoned
         if stopped:
             await self._finish(
                 job, record, st.STOPPED, st.STOPPED_CONDITION, outcome, invoke_count, run,
