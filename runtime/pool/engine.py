@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +28,16 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _engine_failure(doing: str) -> Iterator[None]:
+    """The engine's failure as Unavailable: not the function's fault, so an async
+    task waits and tries again (durably) rather than failing or crash-looping."""
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        raise Unavailable(f"the Docker engine could not {doing}: {exc!s:.300}") from None
 
 
 @dataclass(frozen=True)
@@ -101,25 +112,18 @@ class DockerEngine:
         return docker_id
 
     async def run(self, name: str, cell_dir: Path, memory_mb: int) -> str:
-        """Create and start a hardened container for a cell; returns its id.
-
-        Unavailable when the engine fails: not the function's fault, so an async
-        task waits and tries again (durably) rather than failing or crash-looping."""
-        try:
+        """Create and start a hardened container for a cell; returns its id."""
+        with _engine_failure("start a container"):
             async with self._starts:
                 return str(await self._call(self._run, name, cell_dir, memory_mb))
-        except ENGINE_ERRORS as exc:
-            raise Unavailable(f"the Docker engine could not start a container: {exc!s:.300}") from None
 
     async def resize(self, docker_id: str, memory_mb: int) -> None:
         memory = f"{memory_mb}m"
         # Raising the limit must raise memory+swap first, lowering the other way round.
-        try:
+        with _engine_failure("resize a container"):
             await self._call(
                 self.client.api.update_container, docker_id, mem_limit=memory, memswap_limit=memory
             )
-        except ENGINE_ERRORS as exc:
-            raise Unavailable(f"the Docker engine could not resize a container: {exc!s:.300}") from None
 
     def _remove(self, docker_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):

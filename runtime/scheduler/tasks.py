@@ -206,7 +206,10 @@ class TaskRunner:
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") != c.CTL_STOP_TASK:
             return
-        key = str(event["key"])
+        self._request_stop(str(event["key"]))
+
+    def _request_stop(self, key: str) -> None:
+        """Stop the task if it is in hand here: kill its container, or never start it."""
         if key in self._inflight:
             self._stop_requested.add(key)
             container = self._inflight[key]
@@ -327,7 +330,7 @@ class TaskRunner:
         run.written = applied
         if not applied:
             # Stopped as queued (the stop crossed its start) or deleted: stop it.
-            self.on_control({"kind": c.CTL_STOP_TASK, "key": job.key})
+            self._request_stop(job.key)
 
     async def _not_runnable(self, job: Job, record: FunctionRecord) -> None:
         """The task's record says it must not run: stopped, deleted or already final."""

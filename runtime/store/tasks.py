@@ -44,6 +44,28 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _status_update(
+    to: str,
+    entries: list[tuple[str, datetime]],
+    fields: dict[str, Any] | None = None,
+    inc: dict[str, int] | None = None,
+    sort: bool = False,
+    updated_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The update that sets status `to` and appends `entries` to the history
+    (in time order with `sort`, for entries older than those stored)."""
+    push: dict[str, Any] = {"$each": [{"status": s, "at": t} for s, t in entries]}
+    if sort:
+        push["$sort"] = {"at": 1}
+    update: dict[str, Any] = {
+        "$set": {"status": to, "updated_at": updated_at or now(), **(fields or {})},
+        "$push": {"history": push},
+    }
+    if inc:
+        update["$inc"] = inc
+    return update
+
+
 class TaskStore:
     def __init__(self, mongo: Mongo, retention_s: float) -> None:
         self._tasks = mongo.db["tasks"]
@@ -139,16 +161,11 @@ class TaskStore:
         Returns the updated document, or None when the task is gone or its
         status did not allow the move (stopped meanwhile, already final).
         """
-        at = now()
         query: dict[str, Any] = {"_id": key}
         if when is not None:
             query["status"] = {"$in": sorted(when)}
-        update: dict[str, Any] = {
-            "$set": {"status": to, "updated_at": at, **(fields or {})},
-            "$push": {"history": {"status": to, "at": at}},
-        }
-        if inc:
-            update["$inc"] = inc
+        at = now()
+        update = _status_update(to, [(to, at)], fields, inc, updated_at=at)
         doc: Doc | None = await self._tasks.find_one_and_update(
             query, update, return_document=ReturnDocument.AFTER
         )
@@ -169,17 +186,9 @@ class TaskStore:
         whether it applied. `earlier` adds statuses passed on the way (with their
         times) to the history before `to`, in the same write; `at` is when `to`
         happened (now by default)."""
-        at = at or now()
-        entries = [{"status": s, "at": t} for s, t in (earlier or [])]
-        entries.append({"status": to, "at": at})
-        update: dict[str, Any] = {
-            "$set": {"status": to, "updated_at": now(), **(fields or {})},
-            "$push": {"history": {"$each": entries}},
-        }
-        if inc:
-            update["$inc"] = inc
+        entries = [*(earlier or []), (to, at or now())]
         return await self._task_writes.update(
-            {"_id": key, "status": {"$in": sorted(when)}}, update
+            {"_id": key, "status": {"$in": sorted(when)}}, _status_update(to, entries, fields, inc)
         )
 
     async def status(self, key: str) -> str | None:
@@ -199,15 +208,8 @@ class TaskStore:
         """A task marked Stopped as queued while a scheduler was starting it: store
         what really happened (it ran), its history kept in time order."""
         at = now()
-        entries = [{"status": s, "at": t} for s, t in earlier]
-        if to != st.STOPPED:
-            entries.append({"status": to, "at": at})
-        update: dict[str, Any] = {
-            "$set": {"status": to, "updated_at": at, **fields},
-            "$push": {"history": {"$each": entries, "$sort": {"at": 1}}},
-        }
-        if inc:
-            update["$inc"] = inc
+        entries = earlier if to == st.STOPPED else [*earlier, (to, at)]
+        update = _status_update(to, entries, fields, inc, sort=True, updated_at=at)
         result = await self._tasks.update_one({"_id": key, "status": st.STOPPED}, update)
         return result.modified_count == 1
 
@@ -297,10 +299,7 @@ class TaskStore:
         at = now()
         result = await self._tasks.update_many(
             {"_id": _prefix_range(f"{tenant}/"), "function": function, "status": {"$in": sorted(when)}},
-            {
-                "$set": {"status": to, "updated_at": at},
-                "$push": {"history": {"status": to, "at": at}},
-            },
+            _status_update(to, [(to, at)], updated_at=at),
         )
         return int(result.modified_count)
 
