@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.harness import MongoServer, Platform, own_platform
+from tests.harness import MongoServer, Platform, Webhook, own_platform
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,10 @@ def tenant(platform: Platform) -> Iterator[httpx.Client]:
     client = platform.new_tenant()
     yield client
     client.close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """A local HTTP server that records the POSTs a webhook destination makes."""
+    with Webhook() as hook:
+        yield hook

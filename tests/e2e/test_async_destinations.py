@@ -6,12 +6,10 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from tests.harness import Platform, Webhook, deploy, read_queue, submit_event, wait_task
 
@@ -19,12 +17,6 @@ TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RECORD_KEYS = {"version", "timestamp", "requestContext", "requestPayload", "responseContext",
                "responsePayload"}
 CONTEXT_KEYS = {"requestId", "taskId", "function", "condition", "approximateInvokeCount"}
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    with Webhook() as hook:
-        yield hook
 
 
 def submit(client: httpx.Client, name: str, payload: Any = None, **kwargs: Any) -> tuple[str, str]:

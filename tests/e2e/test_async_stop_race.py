@@ -44,12 +44,6 @@ def client(late_platform: Platform) -> Iterator[httpx.Client]:
     tenant.close()
 
 
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    with Webhook() as hook:
-        yield hook
-
-
 def statuses(task: dict[str, Any]) -> list[str]:
     return [h["status"] for h in task["history"]]
 
