@@ -131,7 +131,9 @@ class Store:
         return [d["task_id"] for d in docs]
 
 
-def timed(samples: int, call: Callable[[int], httpx.Response], ok: tuple[int, ...] = (200,)) -> tuple[float, float]:
+def timed(
+    samples: int, call: Callable[[int], httpx.Response], ok: tuple[int, ...] = (200,)
+) -> tuple[float, float]:
     times = []
     for i in range(samples):
         t0 = time.perf_counter()
@@ -173,13 +175,15 @@ def measure(store: Store, clients: dict[str, httpx.Client], samples: int) -> dic
         client = clients[tenant]
         for name, params in lists.items():
             out[f"{name} ({label})"] = timed(
-                samples // 4 or 1, lambda _i, p=params: client.get("/v1/tasks", params={**p, "limit": 50})
+                samples // 4 or 1,
+                lambda _i, p=params, c=client: c.get("/v1/tasks", params={**p, "limit": 50}),
             )
         first = client.get("/v1/tasks", params={"limit": 50}).json()
         cursor = first.get("next_cursor")
         if cursor:
             out[f"list, next page by cursor ({label})"] = timed(
-                samples // 4 or 1, lambda _i, c=cursor: client.get("/v1/tasks", params={"limit": 50, "cursor": c})
+                samples // 4 or 1,
+                lambda _i, k=cursor, c=client: c.get("/v1/tasks", params={"limit": 50, "cursor": k}),
             )
     stop_ids = store.enqueued(big, store.functions[1], samples)
     out["stop a queued task (big tenant)"] = timed(
@@ -220,7 +224,8 @@ def run_tasks(client: httpx.Client, name: str, n: int, connections: int = 16) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=1000, help="the first size measured")
     parser.add_argument("--tenants", type=int, default=100)
@@ -259,7 +264,8 @@ def main() -> None:
                 if name not in large:
                     continue
                 a, b = small[name], large[name]
-                print(f"{name:<58} {a[0]:6.2f} / {a[1]:6.2f}  {b[0]:7.2f} / {b[1]:7.2f}   {b[0] / a[0]:5.2f}x")
+                print(f"{name:<58} {a[0]:6.2f} / {a[1]:6.2f}  {b[0]:7.2f} / {b[1]:7.2f}"
+                      f"   {b[0] / a[0]:5.2f}x")
             if args.memory_tasks:
                 memory_phase(platform, clients, args.memory_tasks)
             for client in clients.values():

@@ -60,7 +60,8 @@ class Recorder(monitoring.CommandListener):
             for delete in cmd.get("deletes", []):
                 self.shapes.append((name, coll, dict(delete["q"]), None))
         elif name in ("count", "distinct", "aggregate"):
-            self.shapes.append((name, coll, dict(cmd.get("query", cmd.get("pipeline", [{}])[0])), None))
+            first = cmd.get("query", cmd.get("pipeline", [{}])[0])
+            self.shapes.append((name, coll, dict(first), None))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -210,8 +211,9 @@ async def test_every_store_query_is_answered_from_an_index(
     shapes = [s for s in recording.shapes if s[1] in STORE_COLLECTIONS]
     seen = {(name, coll) for name, coll, _, _ in shapes}
     # the workload reached every kind of query the store sends
-    for expected in [("find", "tasks"), ("update", "tasks"), ("delete", "tasks"), ("find", "timers"), ("update", "timers"),
-                     ("delete", "timers"), ("delete", "task_ids"), ("find", "versions")]:
+    for expected in [("find", "tasks"), ("update", "tasks"), ("delete", "tasks"), ("find", "timers"),
+                     ("update", "timers"), ("delete", "timers"), ("delete", "task_ids"),
+                     ("find", "versions")]:
         assert expected in seen, f"no {expected[0]} on {expected[1]} was issued"
     # The embedded server writes a findAndModify through `{_id, $and: [query]}`, and
     # a top-level `$and` reads every document: task writes are updates by `_id`.
@@ -232,8 +234,8 @@ async def test_the_check_sees_a_collection_scan(mongo_store: Mongo) -> None:
     # a top-level $or (the timers' lease test of earlier versions)
     assert await _scans(mongo_store, "timers", {"due_at": {"$lte": datetime.now(UTC)},
                                                 "$or": [{"lease_until": None}]}, None)
-    assert not await _scans(mongo_store, "tasks", {"tenant": "t", "created_at": {"$gte": datetime.now(UTC)}},
-                            {"created_at": -1})
+    windowed = {"tenant": "t", "created_at": {"$gte": datetime.now(UTC)}}
+    assert not await _scans(mongo_store, "tasks", windowed, {"created_at": -1})
 
 
 async def test_list_pages_across_time_windows(mongo_store: Mongo) -> None:
