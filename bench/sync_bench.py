@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from runtime.constants import CONTAINER_USER
+
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = ROOT / "functions" / "noop"
 
@@ -122,7 +124,7 @@ def docker_runs(image: str, count: int) -> list[float]:
     shutil.copy(NOOP / "main.py", code)
     os.chmod(code, 0o755)
     cmd = [
-        "docker", "run", "--rm", "--network", "none", "--user", "1000:1000",
+        "docker", "run", "--rm", "--network", "none", "--user", CONTAINER_USER,
         "-v", f"{code}:/var/task:ro", "--entrypoint", "python3", image, "-c",
         "import sys; sys.path.insert(0, '/var/task'); import main; print(main.handler({}, None))",
     ]

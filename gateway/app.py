@@ -32,7 +32,14 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *health.routes, *tenants.routes, *functions.routes, *invoke.routes, *tasks.routes
         ],
-        middleware=[Middleware(UnreadBodyMiddleware), Middleware(AuthMiddleware, services=services)],
+        middleware=[
+            Middleware(
+                UnreadBodyMiddleware,
+                max_bytes=settings.discard_body_max_bytes,
+                timeout_s=settings.discard_body_timeout_s,
+            ),
+            Middleware(AuthMiddleware, services=services),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -35,36 +35,59 @@ async def read_limited(request: Request, limit: int, what: str = "payload") -> b
     return body
 
 
-# Requests answered before their body was read to the end (401, 404, 413, 415 ...).
-# Hypercorn queues at most a few body chunks for the app; when the app has answered
-# without reading the rest, the queue stays full, the server's reader and the app's
-# last `send` wait on each other, and the connection hangs for good (the client waits
-# on its next request, the socket is never closed). `UnreadBodyGuard` answers such a
-# request with `Connection: close` and discards the unread chunks while the response
-# is finished, so the server can close the connection.
-_DRAIN_TIMEOUT_S = 30.0
+# Requests answered before their body was read to the end (401, 404, 413 ...).
+#
+# A server that closes a connection with unread request bytes in its socket makes the
+# kernel send a reset, and the reset destroys the answer already sent: a client that
+# writes the whole body before it reads (urllib, requests) sees "connection reset"
+# instead of the 413. So, like a lingering close, the rest of the body is read and
+# thrown away (never kept) before the answer goes out, within `max_bytes` and
+# `timeout_s`; read to the end, the connection even stays open for the next request.
+# Past either bound, or for a declared length over `max_bytes` (reading it would only
+# delay the same reset), the answer says `Connection: close`.
+#
+# A client that sent `Expect: 100-continue` and was never told to continue has not
+# sent the body: it gets the answer at once, with `Connection: close`, and no
+# `100 Continue` that would make it send the body for nothing.
+#
+# Whatever is still unread when the answer is finished is discarded in the background,
+# within what is left of the same bounds: Hypercorn queues at most a few body chunks
+# for the app, and with that queue full its reader and the app's last `send` wait on
+# each other. (uvicorn ends the body at the answer's end: nothing more is read.)
 _draining: set[asyncio.Task[None]] = set()
 
 
-def _has_body(scope: Scope) -> bool:
+def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:
+    """Declared length (None when not declared), chunked, and Expect: 100-continue."""
+    length, chunked, expects = None, False, False
     for name, value in scope["headers"]:
-        if name == b"transfer-encoding":
-            return True
         if name == b"content-length":
-            return value.strip() not in (b"", b"0")
-    return False
+            value = bytes(value).strip()
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect":
+            expects = bytes(value).strip().lower() == b"100-continue"
+    return length, chunked, expects
 
 
 class UnreadBodyGuard:
     """Wraps one HTTP request's receive/send; see above."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, max_bytes: int, timeout_s: float
+    ) -> None:
         self._receive = receive
         self._send = send
-        self._done = not _has_body(scope)
-        self._drain: asyncio.Task[None] | None = None
+        self._budget = max_bytes  # bytes left to discard
+        self._timeout_s = timeout_s
+        self._deadline: float | None = None
+        self._declared, chunked, self._awaits_continue = _body_headers(scope)
+        self._done = not chunked and self._declared in (None, 0)
+        self._asked = False
 
     async def receive(self) -> Message:
+        self._asked = True
         message = await self._receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._done = True
@@ -73,36 +96,48 @@ class UnreadBodyGuard:
     async def send(self, message: Message) -> None:
         if not self._done:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == b"connection" for name, _ in headers):
-                    headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
-            elif (
-                message["type"] == "http.response.body"
-                and not message.get("more_body", False)
-                and self._drain is None
-            ):
-                self._drain = asyncio.ensure_future(self._discard_rest())
-                _draining.add(self._drain)
-                self._drain.add_done_callback(_draining.discard)
+                message = await self._before_answer(message)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                drain = asyncio.ensure_future(self._discard())
+                _draining.add(drain)
+                drain.add_done_callback(_draining.discard)
         await self._send(message)
 
-    async def _discard_rest(self) -> None:
+    async def _before_answer(self, message: Message) -> Message:
+        waiting = self._awaits_continue and not self._asked
+        too_long = self._declared is not None and self._declared > self._budget
+        if not waiting and not too_long:
+            await self._discard()
+        if self._done:
+            return message
+        headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+        return {**message, "headers": [*headers, (b"connection", b"close")]}
+
+    async def _discard(self) -> None:
+        """Read and drop the rest of the body, within the bytes and time left."""
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.time() + self._timeout_s
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                while not self._done:
-                    await self.receive()
+            async with asyncio.timeout_at(self._deadline):
+                while not self._done and self._budget >= 0:
+                    message = await self.receive()
+                    self._budget -= len(message.get("body", b""))
 
 
 class UnreadBodyMiddleware:
     """Applies `UnreadBodyGuard` to every HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        if max_bytes < 0 or timeout_s <= 0:
+            raise ValueError("max_bytes must be >= 0 and timeout_s > 0")
         self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guard = UnreadBodyGuard(scope, receive, send)
+        guard = UnreadBodyGuard(scope, receive, send, self.max_bytes, self.timeout_s)
         await self.app(scope, guard.receive, guard.send)

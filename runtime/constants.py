@@ -57,7 +57,15 @@ LABEL_SCHEDULER = "fnhost.scheduler"
 LABEL_CELL = "fnhost.cell"
 CONTAINER_RUN_DIR = "/run/fnhost"
 CONTAINER_CODE_DIR = "/var/task"
-CONTAINER_USER = "1000:1000"
+# Functions run as a uid and gid that no host account has. Low ids (1000 ...) belong to
+# people and services on the host; 1879048192-2147352575 is left unused by convention:
+# above the subordinate ids useradd hands out (100000-600100000) and the container
+# ranges of systemd-nspawn (524288-1879048191), below systemd's foreign range and 2^31
+# (the largest id runc takes; tools reading ids as signed 32-bit numbers fail past it).
+CONTAINER_IDS = range(1_879_048_192, 2_147_352_576)
+CONTAINER_UID = 1_900_000_000
+CONTAINER_GID = 1_900_000_000
+CONTAINER_USER = f"{CONTAINER_UID}:{CONTAINER_GID}"
 
 # MongoDB collections.
 C_TENANTS = "tenants"

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     mongo_url: str | None = None
     mongo_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,60}$")] = "fnhost"
     embedded_mongo_port: Annotated[int, Field(ge=1, le=65535)] = 27017
+    # FNHOST_MONGO_MAX_IDLE_S: a pooled MongoDB connection idle this long is closed by the
+    # client rather than reused; below the embedded server's idle limit (300 s), which
+    # closes idle connections from its side and so failed the first write after a pause.
+    mongo_max_idle_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     data_dir: Path = Path("/var/lib/fnhost")
     log_level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
 
@@ -62,6 +66,11 @@ class Settings(BaseSettings):
     bundle_max_entries: Annotated[int, Field(ge=1)] = 10000
     log_limit_bytes: Annotated[int, Field(ge=4096, le=16 * MB)] = 256 * 1024
     sync_wait_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # FNHOST_DISCARD_BODY_MAX_BYTES, FNHOST_DISCARD_BODY_TIMEOUT_S: a request answered
+    # before its body was read (401, 404, 413 ...) has the rest of its body read and
+    # dropped, up to these bounds, so that the client can read the answer.
+    discard_body_max_bytes: Annotated[int, Field(ge=0)] = 128 * MB
+    discard_body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     # Destinations (`on_success` / `on_failure` of async invocations).
     # FNHOST_WEBHOOK_TIMEOUT_S: limit of one webhook POST, from connecting to the whole answer.

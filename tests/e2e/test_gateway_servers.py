@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.e2e.test_unread_body import send
 from tests.harness import (
     MongoServer,
     Platform,
@@ -48,3 +49,18 @@ def test_hypercorn_serves_the_api(hypercorn_platform: Platform) -> None:
         served = httpx.get(f"{hypercorn_platform.url}/healthz", timeout=5)
         assert served.status_code == 200
         assert served.headers.get("server", "").startswith("hypercorn"), served.headers
+
+
+def test_hypercorn_early_answers_reach_urllib(hypercorn_platform: Platform) -> None:
+    """A 413 or 404 given before the body was read is read by urllib, not reset."""
+    with hypercorn_platform.new_tenant() as client:
+        assert deploy(client, "echo", "echo").status_code == 201
+        key = client.headers["authorization"]
+    url = f"{hypercorn_platform.url}/v1/functions"
+    for chunked in (False, True):
+        status, body = send(f"{url}/echo/invocations", os.urandom(14 << 20), chunked=chunked,
+                            Authorization=key)
+        assert (status, body["error"]["code"]) == (413, "payload_too_large"), body
+        status, body = send(f"{url}/nothing/invocations", os.urandom(8 << 20), chunked=chunked,
+                            Authorization=key)
+        assert (status, body["error"]["code"]) == (404, "not_found"), body

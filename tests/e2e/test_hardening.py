@@ -16,6 +16,7 @@ import docker
 import httpx
 import pytest
 
+from runtime.constants import CONTAINER_GID, CONTAINER_UID, CONTAINER_USER
 from tests.harness import MongoServer, Platform, deploy, function_zip, invoke, own_platform
 
 MB = 1 << 20
@@ -114,7 +115,7 @@ def inspect(engine: docker.DockerClient, container: str) -> dict[str, Any]:
 def check_hardened(attrs: dict[str, Any], memory_mb: int) -> None:
     config, host = attrs["Config"], attrs["HostConfig"]
     assert attrs["State"]["Running"] is True
-    assert config["User"] == "1000:1000"
+    assert config["User"] == CONTAINER_USER
     assert host["ReadonlyRootfs"] is True
     assert "/tmp" in (host.get("Tmpfs") or {})
     assert host["CapDrop"] == ["ALL"]
@@ -157,17 +158,18 @@ def test_busy_container_is_hardened(client: httpx.Client, engine: docker.DockerC
         thread.join(30)
     assert answers and answers[0].status_code == 200
     assert answers[0].headers["x-fnhost-container"] == container
-    # Every process in it runs as uid 1000, not root.
+    # Every process in it runs as the functions' uid, not root.
     uid_col = top["Titles"].index("UID")
     assert top["Processes"], top
-    assert {row[uid_col] for row in top["Processes"]} <= {"1000"}, top
+    assert {row[uid_col] for row in top["Processes"]} <= {str(CONTAINER_UID)}, top
 
 
 def test_from_inside(client: httpx.Client) -> None:
     r = invoke(client, "probe", {})
     assert r.status_code == 200, r.text
     seen = r.json()
-    assert seen["uid"] == 1000 and seen["euid"] == 1000 and seen["gid"] == 1000
+    assert seen["uid"] == CONTAINER_UID and seen["euid"] == CONTAINER_UID
+    assert seen["gid"] == CONTAINER_GID
     assert (seen["write_task"], seen["write_root"], seen["write_run"]) == ("EROFS",) * 3, seen
     assert seen["write_tmp"] == "ok"
     assert int(seen["cap_eff"], 16) == 0

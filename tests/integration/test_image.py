@@ -22,6 +22,7 @@ import docker.errors
 import pytest
 
 from runtime.agent.protocol import SOCKET_NAME
+from runtime.constants import CONTAINER_GID, CONTAINER_UID, CONTAINER_USER
 from tests import agentwire
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +102,7 @@ class Container:
         self.container = client.containers.run(
             IMAGE,
             detach=True,
-            user="1000:1000",
+            user=CONTAINER_USER,
             read_only=True,
             tmpfs={"/tmp": "rw,size=64m,mode=1777"},
             cap_drop=["ALL"],
@@ -229,8 +230,8 @@ def test_container_is_hardened(container: Container, task_dir: Path) -> None:
     answer, result, _ = container.invoke({})
     assert answer["ok"] is True, answer
     assert json.loads(result) == {
-        "uid": 1000,
-        "gid": 1000,
+        "uid": CONTAINER_UID,
+        "gid": CONTAINER_GID,
         "root_writable": False,
         "task_writable": False,
         "socket_dir_writable": False,
