@@ -41,6 +41,12 @@ class AgentConnection:
         with contextlib.suppress(Exception):
             self._writer.close()
 
+    async def wait_closed(self) -> None:
+        """Returns once the connection is closed, by either side: an idle agent's
+        container that exits is noticed without a request in flight."""
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
 
 class CellSocket:
     """Listens on `run_dir/host.sock` for the one agent that belongs to the cell.
@@ -86,6 +92,11 @@ class CellSocket:
             return await asyncio.wait_for(asyncio.shield(self._connected), timeout)
         finally:
             self.close()
+
+    def abort(self, reason: str) -> None:
+        """The container is gone before its agent connected: fail `accept` now."""
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(AgentGone(reason))
 
     def close(self) -> None:
         if self._server is not None:

@@ -77,6 +77,9 @@ class Container:
     idle_since: float = field(default_factory=time.monotonic)
     invocations: int = 0
     retired: bool = False  # its function changed: remove it when it is released
+    # Killed or removed outside the pool, or taken by the engine going down: whatever
+    # it was running failed for the platform's sake, not the function's.
+    lost: bool = False
 
     @property
     def run_dir(self) -> Path:

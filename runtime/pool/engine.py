@@ -44,6 +44,14 @@ def _engine_failure(doing: str) -> Iterator[None]:
 class ExitInfo:
     exit_code: int | None
     oom_killed: bool
+    gone: bool = False  # the engine has no such container (removed)
+
+
+@dataclass(frozen=True)
+class OwnedContainer:
+    docker_id: str
+    cell: str
+    running: bool
 
 
 class DockerEngine:
@@ -130,7 +138,8 @@ class DockerEngine:
             self.client.api.remove_container(docker_id, force=True)
 
     async def remove(self, docker_id: str) -> None:
-        """Kill and remove; a container already gone is fine."""
+        """Kill and remove; a container already gone is fine. Never raises: a container
+        the engine could not remove (it is down) is removed when the pool reconciles."""
         try:
             async with self._removals:
                 await self._call(self._remove, docker_id)
@@ -138,6 +147,8 @@ class DockerEngine:
             if "removal of container" in str(exc) and "already in progress" in str(exc):
                 return
             log.warning("could not remove container %s: %s", docker_id[:12], exc)
+        except ENGINE_ERRORS as exc:
+            log.info("could not remove container %s: %s", docker_id[:12], exc)
 
     async def kill(self, docker_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
@@ -147,7 +158,8 @@ class DockerEngine:
         """How the container ended; first waits up to `wait_s` for it to stop.
 
         The agent's socket closes a moment before Docker records the exit, so
-        without the wait a crash reads as still running (no exit code).
+        without the wait a crash reads as still running (no exit code). Raises
+        Unavailable when the engine does not answer.
         """
         if wait_s > 0:
             with contextlib.suppress(Exception):  # still running after wait_s, or gone
@@ -155,9 +167,10 @@ class DockerEngine:
         deadline = time.monotonic() + OOM_FLAG_WAIT_S
         while True:
             try:
-                attrs = await self._call(self.client.api.inspect_container, docker_id)
+                with _engine_failure("inspect a container"):
+                    attrs = await self._call(self.client.api.inspect_container, docker_id)
             except docker.errors.NotFound:
-                return ExitInfo(None, False)
+                return ExitInfo(None, False, gone=True)
             state = attrs.get("State", {})
             running = state.get("Running", False)
             info = ExitInfo(None if running else state.get("ExitCode"), bool(state.get("OOMKilled")))
@@ -166,6 +179,20 @@ class DockerEngine:
             if info.exit_code != 137 or info.oom_killed or time.monotonic() > deadline:
                 return info
             await asyncio.sleep(0.05)
+
+    async def owned(self) -> list[OwnedContainer]:
+        """This scheduler's containers as the engine sees them, running or not."""
+        filters = {"label": [f"{c.LABEL_SCHEDULER}={self._settings.scheduler_id}"]}
+        with _engine_failure("list containers"):
+            found = await self._call(self.client.api.containers, all=True, filters=filters)
+        return [
+            OwnedContainer(
+                str(item["Id"]),
+                str((item.get("Labels") or {}).get(c.LABEL_CELL, "")),
+                item.get("State") == "running",
+            )
+            for item in found
+        ]
 
     async def list_owned(self) -> list[str]:
         """Ids of containers left by an earlier run of this scheduler."""

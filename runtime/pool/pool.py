@@ -26,13 +26,20 @@ from runtime import constants as c
 from runtime.agent.protocol import SOCKET_NAME
 from runtime.errors import Throttled, Unavailable
 from runtime.pool import select
-from runtime.pool.agent import AgentGone, CellSocket
+from runtime.pool.agent import AgentConnection, AgentGone, CellSocket
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
+from runtime.pool.events import EngineEvents
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 REFILL_DELAY_S = 0.05
+# How long start() waits to follow the engine's event stream.
+ENGINE_FOLLOW_TIMEOUT_S = 30.0
+# Wait after stem cells failed to start before the next try.
+REFILL_RETRY_S = 1.0
+# A start that failed this recently, and none succeeded since: not ready.
+START_FAILURE_MEMORY_S = 10.0
 MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
@@ -99,6 +106,14 @@ class Pool:
         self._seq = itertools.count(1)
         self._closing = False
         self.counters: Counter[str] = Counter()
+        # Set while the engine answers and the pool has reconciled with what it runs;
+        # no container is started while it is clear.
+        self._up = asyncio.Event()
+        self._engine_error: str | None = None
+        self._start_error: tuple[float, str] | None = None  # when and why a start failed
+        self._booting: dict[str, CellSocket] = {}
+        self._reconciling = asyncio.Lock()
+        self._events: EngineEvents | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -109,11 +124,24 @@ class Pool:
         if self._cells_root.exists():
             await asyncio.to_thread(shutil.rmtree, self._cells_root, True)
         self._cells_root.mkdir(parents=True, exist_ok=True)
+        self._events = EngineEvents(
+            self._settings.scheduler_id, asyncio.get_running_loop(),
+            on_up=self._on_engine_up, on_down=self._on_engine_down, on_event=self._on_engine_event,
+        )
+        self._events.start()
         self._background = [
             asyncio.create_task(self._refill_loop(), name="pool-refill"),
             asyncio.create_task(self._reap_loop(), name="pool-reaper"),
         ]
         self._refill.set()
+        try:
+            # Ready once it follows the engine's events (and has reconciled with it).
+            await asyncio.wait_for(self._up.wait(), ENGINE_FOLLOW_TIMEOUT_S)
+        except TimeoutError:
+            await self.close()
+            raise RuntimeError(
+                f"could not follow the Docker engine's events: {self._engine_error}"
+            ) from None
 
     def _check_socket_path(self) -> None:
         # A unix socket path is at most 107 bytes on Linux; fail clearly at start-up
@@ -127,6 +155,8 @@ class Pool:
 
     async def close(self) -> None:
         self._closing = True
+        if self._events is not None:
+            self._events.close()
         for task in self._background:
             task.cancel()
         # Let cancelled stem-cell starts unwind first, so none of them outlives close().
@@ -146,6 +176,19 @@ class Pool:
     def stats(self) -> dict[str, Any]:
         states = Counter(c.state.value for c in self._containers.values())
         return {"containers": dict(states), **self.counters}
+
+    @property
+    def engine_problem(self) -> str | None:
+        """Why this pool cannot start containers now, or None when it can."""
+        if not self._up.is_set():
+            return f"the Docker engine is not reachable: {self._engine_error or 'reconnecting'}"
+        if self._start_error is not None:
+            failed_at, error = self._start_error
+            # Stem cells missing are tried again every REFILL_RETRY_S: a failure this
+            # old with none since means nothing was tried, not that starts still fail.
+            if time.monotonic() - failed_at < START_FAILURE_MEMORY_S:
+                return f"containers fail to start: {error}"
+        return None
 
     async def wait_for_stem_cells(self, count: int, timeout: float) -> None:
         async with self._changed:
@@ -180,7 +223,7 @@ class Pool:
                     stem.bind(spec.key)
                     container = stem
                     self._refill.set()
-                elif self._make_room(spec.key):
+                elif self._up.is_set() and self._make_room(spec.key):
                     container = self._new_container(spec.memory_mb, spec.key)
                     kind = StartKind.COLD
                 if container is not None:
@@ -194,6 +237,8 @@ class Pool:
                         continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if not self._up.is_set():
+                    raise Unavailable(str(self.engine_problem), retry_after_s=2)
                 if select.bound_count(self._containers.values(), spec.key) >= spec.max_concurrency:
                     raise Throttled(
                         f"function {spec.key.function} is at its max_concurrency "
@@ -257,7 +302,7 @@ class Pool:
     def release(self, container: Container) -> None:
         """Back to READY after an invocation that left the container healthy."""
         container.invocations += 1
-        if container.retired:
+        if container.retired or container.lost:
             self.discard(container)
         elif container.state is State.BUSY:
             container.to(State.READY)
@@ -322,6 +367,7 @@ class Pool:
             folder.mkdir(mode=0o755, exist_ok=True)
         socket = CellSocket(container.run_dir)
         await socket.listen()
+        self._booting[container.name] = socket
         try:
             run = asyncio.ensure_future(
                 self._engine.run(container.name, container.cell_dir, container.memory_mb)
@@ -341,11 +387,90 @@ class Pool:
                 container.agent.close()
                 raise Unavailable("the container was removed while it started")
         except TimeoutError:
-            raise Unavailable(
-                f"container did not start within {self._settings.container_start_timeout_s:.0f} s"
-            ) from None
+            error = f"container did not start within {self._settings.container_start_timeout_s:.0f} s"
+            self._start_error = (time.monotonic(), error)
+            raise Unavailable(error) from None
+        except (Unavailable, AgentGone) as exc:
+            if not self._closing:
+                self._start_error = (time.monotonic(), str(exc))
+            raise
         finally:
+            self._booting.pop(container.name, None)
             socket.close()
+        self._start_error = None
+        self._spawn(self._watch(container, container.agent))
+
+    async def _watch(self, container: Container, agent: AgentConnection) -> None:
+        """An idle container whose agent's connection closes has died (or was killed):
+        never hand it out. A busy one's invocation sees the same and answers for it."""
+        await agent.wait_closed()
+        if container.agent is agent and container.state in (State.STEM, State.READY):
+            self._lost(container, "its agent's connection closed")
+
+    def _lost(self, container: Container, reason: str) -> None:
+        """A container died or went away behind the pool's back."""
+        if container.state is State.REMOVING:
+            return
+        if not container.lost:
+            container.lost = True
+            self.counters["lost"] += 1
+            log.info("container %s (%s) lost: %s", container.name, container.state.value, reason)
+        if container.state in (State.STEM, State.READY):
+            self.discard(container)
+        elif container.state is State.STARTING:
+            socket = self._booting.get(container.name)
+            if socket is not None:
+                socket.abort(f"the container went away before its agent connected ({reason})")
+        # SPECIALISING and BUSY: the request in flight fails as the agent goes.
+
+    # -- the engine --------------------------------------------------------
+
+    def _on_engine_down(self, reason: str) -> None:
+        """The engine went away: its containers go with it (they are killed when it
+        stops), so none is started until it is back and the pool has reconciled."""
+        if self._closing:
+            return
+        self._up.clear()
+        self._engine_error = reason
+        for container in list(self._containers.values()):
+            self._lost(container, "the Docker engine went away")
+        self._notify()
+
+    def _on_engine_up(self) -> None:
+        if not self._closing:
+            self._spawn(self._reconcile())
+
+    def _on_engine_event(self, action: str, cell: str) -> None:
+        container = self._containers.get(cell)
+        if container is None or container.state is State.REMOVING:
+            return
+        # A busy container that dies on its own (a crash, the out-of-memory killer) is
+        # its invocation's to explain; one killed or removed by someone else is lost.
+        if action in ("kill", "destroy") or (action == "die" and container.state is not State.BUSY):
+            self._lost(container, f"{action} event")
+
+    async def _reconcile(self) -> None:
+        """Make the pool agree with what the engine runs (after it came back, or its
+        event stream was reopened): containers it does not run are lost, containers
+        of this scheduler that the pool does not know are removed."""
+        async with self._reconciling:
+            try:
+                found = await self._engine.owned()
+            except Unavailable as exc:
+                log.warning("could not reconcile the pool with the engine: %s", exc)
+                return
+            running = {item.cell for item in found if item.running}
+            for item in found:
+                if item.cell not in self._containers:
+                    self._spawn(self._engine.remove(item.docker_id))
+            for container in select.not_running(list(self._containers.values()), running):
+                self._lost(container, "the engine does not run it")
+            if not self._up.is_set():
+                log.info("the Docker engine is back; pool reconciled (%d containers)", len(found))
+            self._engine_error = None
+            self._up.set()
+            self._refill.set()
+            self._notify()
 
     async def _remove_when_created(self, run: asyncio.Future[str]) -> None:
         with contextlib.suppress(Exception):
@@ -374,27 +499,36 @@ class Pool:
             self._notify()
 
     async def _refill_loop(self) -> None:
-        target = self._settings.stem_cells
         while not self._closing:
             await self._refill.wait()
-            # Starting a container loads both cores for ~200 ms; let the invocation
-            # that just claimed a stem cell finish its specialisation first.
-            await asyncio.sleep(REFILL_DELAY_S)
-            self._refill.clear()
-            containers = self._containers.values()
-            pending = sum(
-                1 for c in containers if c.key is None and c.state in (State.STEM, State.STARTING)
-            )
-            room = self._settings.max_containers - select.live_count(containers)
-            missing = min(target - pending, room)
-            if missing <= 0:
-                continue
-            results = await asyncio.gather(
-                *(self._start_stem() for _ in range(missing)), return_exceptions=True
-            )
-            if any(isinstance(r, BaseException) for r in results):
-                await asyncio.sleep(1.0)
-            self._refill.set()
+            await self._up.wait()  # no start while the engine is away
+            try:
+                await self._refill_once()
+            except Exception:
+                # The loop must outlive any failure, or the pool never refills again.
+                log.exception("stem-cell refill failed; trying again")
+                await asyncio.sleep(REFILL_RETRY_S)
+                self._refill.set()
+
+    async def _refill_once(self) -> None:
+        # Starting a container loads both cores for ~200 ms; let the invocation
+        # that just claimed a stem cell finish its specialisation first.
+        await asyncio.sleep(REFILL_DELAY_S)
+        self._refill.clear()
+        containers = self._containers.values()
+        pending = sum(
+            1 for c in containers if c.key is None and c.state in (State.STEM, State.STARTING)
+        )
+        room = self._settings.max_containers - select.live_count(containers)
+        missing = min(self._settings.stem_cells - pending, room)
+        if missing <= 0:
+            return
+        results = await asyncio.gather(
+            *(self._start_stem() for _ in range(missing)), return_exceptions=True
+        )
+        if any(isinstance(r, BaseException) for r in results):
+            await asyncio.sleep(REFILL_RETRY_S)
+        self._refill.set()
 
     async def _reap_loop(self) -> None:
         keep_alive = self._settings.keep_alive_s

@@ -57,3 +57,13 @@ def expired(containers: Iterable[Container], now: float, keep_alive_s: float) ->
     return [
         c for c in containers if c.state is State.READY and now - c.idle_since > keep_alive_s
     ]
+
+
+def not_running(containers: Iterable[Container], running: set[str]) -> list[Container]:
+    """Containers the pool holds that the engine does not run (by cell name): they died
+    or were removed behind the pool's back. One still being created is not listed yet."""
+    return [
+        c for c in containers
+        if c.state in LIVE and c.name not in running
+        and not (c.state is State.STARTING and c.docker_id is None)
+    ]

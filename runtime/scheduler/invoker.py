@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
+from runtime.errors import Unavailable
 from runtime.pool.agent import AgentGone
-from runtime.pool.container import FunctionKey, StartKind, State
-from runtime.pool.engine import DockerEngine
+from runtime.pool.container import Container, FunctionKey, StartKind, State
+from runtime.pool.engine import DockerEngine, ExitInfo
 from runtime.pool.pool import InitError, Lease, Pool, Spec
 from runtime.scheduler.bundle_cache import BundleCache
 from runtime.store.functions import FunctionRecord
@@ -23,6 +24,11 @@ FUNCTION_ERROR = "function_error"
 TIMEOUT = "timeout"
 # How long a crashed container may take to be recorded as exited (exit code, OOM kill).
 EXIT_WAIT_S = 2.0
+
+
+def _discarded(container: Container) -> bool:
+    """Whether the pool removed the container (its state can change across an await)."""
+    return container.state is State.REMOVING
 
 
 @dataclass
@@ -133,8 +139,23 @@ class Invoker:
             return Outcome.failed(TIMEOUT, error, run_ms=timeout * 1000, **common)
         except AgentGone:
             run_ms = (time.perf_counter() - started) * 1000
-            info = await self._engine.exit_info(container.docker_id or "", wait_s=EXIT_WAIT_S)
-            self._pool.discard(container)
+            killed_here = _discarded(container) and not container.lost  # a stop
+            try:
+                info = await self._engine.exit_info(container.docker_id or "", wait_s=EXIT_WAIT_S)
+            except Unavailable:
+                info = None  # the engine is away, and took the container with it
+            finally:
+                self._pool.discard(container)
+            if not killed_here and (info is None or info.gone or container.lost):
+                # Killed or removed behind the pool's back, or by the engine going down:
+                # the platform failed, not the function. A sync caller gets 503; an
+                # async task is retried as a capacity error.
+                raise Unavailable(
+                    "the function's container was lost (the Docker engine restarted, or the "
+                    "container was removed) while it ran", retry_after_s=2,
+                ) from None
+            if info is None:
+                info = ExitInfo(None, False)
             if info.oom_killed:
                 message = f"the function ran out of memory ({spec.memory_mb} MB) and was killed"
             else:

@@ -207,3 +207,17 @@ def test_expired_only_ready(make: Make, state: State) -> None:
 
 def test_expired_empty_pool() -> None:
     assert select.expired([], now=1000.0, keep_alive_s=1.0) == []
+
+
+def test_not_running_lists_live_containers_the_engine_does_not_run(make: Make) -> None:
+    alive = make(State.READY, KEY)
+    died = make(State.BUSY, KEY)
+    stem = make(State.STEM)
+    creating = make(State.STARTING)  # no docker id yet: not listed by the engine
+    started = make(State.STARTING)
+    started.docker_id = "abc"
+    removing = make(State.REMOVING, KEY)
+    running = {alive.name}
+    lost = select.not_running([alive, died, stem, creating, started, removing], running)
+    assert lost == [died, stem, started]
+    assert select.not_running([alive], running) == []
