@@ -80,7 +80,8 @@ def link_tree(src: Path, dst: Path) -> None:
         rel = Path(root).relative_to(src)
         target = dst / rel
         for name in dirs:
-            (target / name).mkdir(mode=0o755, exist_ok=True)
+            (target / name).mkdir(exist_ok=True)
+            os.chmod(target / name, 0o755)  # whatever the umask: the function's uid reads it
         for name in files:
             try:
                 os.link(Path(root) / name, target / name)
@@ -364,7 +365,8 @@ class Pool:
     async def _boot(self, container: Container) -> None:
         """Start the container and wait for its agent's hello."""
         for folder in (container.cell_dir, container.run_dir, container.code_dir):
-            folder.mkdir(mode=0o755, exist_ok=True)
+            folder.mkdir(exist_ok=True)
+            os.chmod(folder, 0o755)  # whatever the umask: the function's uid reaches them
         socket = CellSocket(container.run_dir)
         await socket.listen()
         self._booting[container.name] = socket

@@ -175,3 +175,25 @@ async def test_a_lost_container_is_not_reused_after_its_invocation(tmp_path: Pat
     pool.release(busy)
     assert busy.state is State.REMOVING
     await settle(pool)
+
+
+def test_linked_code_folders_are_readable_by_the_functions_user_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    """The function runs as another uid: its code folders must be 0755 even when the
+    scheduler runs with a strict umask."""
+    import os
+
+    from runtime.pool.pool import link_tree
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "pkg" / "sub").mkdir(parents=True)
+    (src / "pkg" / "sub" / "m.py").write_text("x = 1\n")
+    dst.mkdir()
+    old = os.umask(0o077)
+    try:
+        link_tree(src, dst)
+    finally:
+        os.umask(old)
+    for folder in (dst / "pkg", dst / "pkg" / "sub"):
+        assert folder.stat().st_mode & 0o777 == 0o755, oct(folder.stat().st_mode)
