@@ -178,12 +178,16 @@ async def _run_every_query(mongo: Mongo) -> None:
         "function": "resize", "status": st.ENQUEUED, "since": t0 + timedelta(seconds=30),
         "until": t0 + timedelta(seconds=250), "prefix": "job-01",
     }
-    for n in range(len(filters) + 1):
-        for combo in itertools.combinations(filters, n):
-            page = await tasks.list(tenant, limit=2, **{k: filters[k] for k in combo})
-            if page:
-                cursor = (page[-1]["created_at"], page[-1]["_id"])
-                await tasks.list(tenant, limit=2, cursor=cursor, **{k: filters[k] for k in combo})
+    await tasks.transition(task_key(tenant, "resize", "job-014"), st.FAILED, when=None)
+    await tasks.transition(task_key(tenant, "resize", "job-016"), st.FAILED, when=None)
+    for status in (st.ENQUEUED, st.FAILED):  # a failure status is read from its partial index
+        filters["status"] = status
+        for n in range(len(filters) + 1):
+            for combo in itertools.combinations(filters, n):
+                page = await tasks.list(tenant, limit=2, **{k: filters[k] for k in combo})
+                if page:
+                    cursor = (page[-1]["created_at"], page[-1]["_id"])
+                    await tasks.list(tenant, limit=2, cursor=cursor, **{k: filters[k] for k in combo})
     # timers: delays, retry backoff, parked tasks of a paused function
     for i, kind in enumerate((RETRY, PARK)):
         await timers.schedule(
@@ -271,8 +275,15 @@ async def test_list_pages_across_time_windows(mongo_store: Mongo) -> None:
     older = [d["task_id"] for d in await tasks.list(tenant, until=now - timedelta(days=1), limit=500)]
     assert older == order[7:]
     await tasks.transition(task_key(tenant, "b", "w-9"), st.FAILED, when=None)
+    await tasks.transition(task_key(tenant, "a", "w-2"), st.FAILED, when=None)
+    await tasks.transition(task_key(tenant, "b", "w-3"), st.STOPPED, when=None)
     failed = await tasks.list(tenant, status=st.FAILED, limit=5)
-    assert [d["task_id"] for d in failed] == ["w-9"] and "payload" not in failed[0]
+    assert [d["task_id"] for d in failed] == ["w-2", "w-9"] and "payload" not in failed[0]
+    assert [d["task_id"] for d in await tasks.list(tenant, status=st.FAILED, function="b")] == ["w-9"]
+    assert [d["task_id"] for d in await tasks.list(tenant, status=st.STOPPED, limit=5)] == ["w-3"]
+    after_first = (failed[0]["created_at"], failed[0]["_id"])
+    next_page = await tasks.list(tenant, status=st.FAILED, limit=1, cursor=after_first)
+    assert [d["task_id"] for d in next_page] == ["w-9"]
     assert [d["task_id"] for d in await tasks.list(tenant, prefix="w-8", limit=5)] == ["w-8"]
 
 
