@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,6 +12,8 @@ from starlette.responses import Response
 from runtime.errors import FnhostError, Throttled, Unavailable
 
 log = logging.getLogger(__name__)
+# Retry-After of a 503 for a database that cannot be reached (down, restarting).
+DATABASE_RETRY_AFTER_S = 2
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
@@ -36,6 +39,15 @@ async def on_http_exception(_request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
+async def on_database_unreachable(_request: Request, exc: Exception) -> Response:
+    """A dependency outage is a 503 the client may retry, not an internal error."""
+    assert isinstance(exc, ConnectionFailure)
+    log.warning("database unreachable: %s", exc)
+    return error_response(
+        Unavailable(f"the database is unreachable: {exc!s:.200}", retry_after_s=DATABASE_RETRY_AFTER_S)
+    )
+
+
 async def on_unexpected(_request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return error_response(FnhostError("internal error"))
@@ -44,5 +56,6 @@ async def on_unexpected(_request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     FnhostError: on_fnhost_error,
     HTTPException: on_http_exception,
+    ConnectionFailure: on_database_unreachable,
     Exception: on_unexpected,
 }

@@ -13,7 +13,7 @@ from runtime.broker.control import ControlBus
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
 from runtime.cache import FunctionCache
-from runtime.hop import HopClient
+from runtime.hop import HopClient, HopProbe
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
@@ -65,10 +65,16 @@ class Services:
         self.control.subscribe(self.membership.on_control)
         await self.control.start()
         self.hop = HopClient(self.settings.cluster_token)
+        self.hop_probe = HopProbe(self.membership, self.hop, self.settings.heartbeat_s)
+        self.hop_probe.start()
 
     async def stop(self) -> None:
+        if hasattr(self, "hop_probe"):
+            self.hop_probe.close()
         if hasattr(self, "hop"):
             self.hop.close()
+        if hasattr(self, "submitter"):
+            await self.submitter.close()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()

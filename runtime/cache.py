@@ -53,3 +53,7 @@ class FunctionCache:
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") == c.CTL_FUNCTION:
             self.invalidate(str(event["tenant"]), str(event["name"]))
+        elif event.get("kind") == c.CTL_RESYNC:
+            # Back from a broker outage: invalidations may have been missed.
+            self._generation += 1
+            self._entries.clear()

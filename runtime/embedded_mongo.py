@@ -11,6 +11,11 @@ records by an indexed range delete instead (TaskStore.delete_expired).
 
 `--standalone` as well: no replica-set advertisement, so no oplog write per
 changed document (fnhost uses neither change streams nor transactions).
+
+The server closes a client connection that sent nothing for `--idle-timeout-s`
+(its own default, 300 s, made explicit here); fnhost's client retires pooled
+connections sooner (FNHOST_MONGO_MAX_IDLE_S), so it never writes on one the
+server has closed.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+# The server's own default: a client connection idle this long is closed.
+IDLE_TIMEOUT_S = 300.0
 
-def command(port: int, storage: Path, host: str = "127.0.0.1") -> list[str]:
+
+def command(port: int, storage: Path, host: str = "127.0.0.1",
+            idle_timeout_s: float = IDLE_TIMEOUT_S) -> list[str]:
     """The command line that runs the server (with this interpreter)."""
     return [sys.executable, "-m", "runtime.embedded_mongo", "--host", host, "--port", str(port),
-            "--storage-path", str(storage)]
+            "--storage-path", str(storage), "--idle-timeout-s", str(idle_timeout_s)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=27017)
     parser.add_argument("--storage-path", required=True)
+    parser.add_argument("--idle-timeout-s", type=float, default=IDLE_TIMEOUT_S)
     args = parser.parse_args(argv)
     try:
         from secantus.server import SecantusDBServer
@@ -45,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         replica_set_name=None,
         enable_test_commands=False,
         ttl_sweep_seconds=0,
+        client_idle_timeout_s=args.idle_timeout_s,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

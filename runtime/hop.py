@@ -22,11 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime.agent import protocol
+from runtime.broker.membership import Member, Membership
 from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 Header = dict[str, Any]
 Handler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
+# A liveness probe: the scheduler answers it at once, without the sync handler.
+OP_PING, OP_PONG = "ping", "pong"
 
 
 class HopServer:
@@ -53,6 +56,9 @@ class HopServer:
                 return
             while True:
                 header, body = await protocol.read_frame(reader)
+                if header.get("op") == OP_PING:
+                    writer.write(protocol.pack({"op": OP_PONG, "id": header.get("id")}))
+                    continue
                 task = asyncio.create_task(self._answer(writer, header, body))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -161,7 +167,51 @@ class HopClient:
             link = self._links[address] = HopLink(address, self._token)
         return await link.call(header, body, timeout)
 
+    async def ping(self, address: str, timeout: float) -> bool:
+        """Whether the scheduler at `address` answers a probe within `timeout`."""
+        try:
+            await asyncio.wait_for(self.call(address, {"op": OP_PING}, b"", timeout), timeout)
+        except (Unavailable, TimeoutError):
+            return False
+        return True
+
     def close(self) -> None:
         for link in self._links.values():
             link.close()
         self._links.clear()
+
+
+class HopProbe:
+    """Gateway side: every `interval_s`, probes the members whose heartbeats are late
+    over the direct hop, and keeps those that answer live (see Membership): sync
+    invocations go on through a control-bus outage."""
+
+    def __init__(self, membership: Membership, client: HopClient, interval_s: float) -> None:
+        self._membership = membership
+        self._client = client
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="hop-probe")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.probe()
+            except Exception:
+                log.exception("probing schedulers failed; will try again")
+            await asyncio.sleep(self._interval_s)
+
+    async def probe(self) -> None:
+        """Probe every overdue member once, concurrently."""
+        await asyncio.gather(*(self._probe(m) for m in self._membership.overdue()))
+
+    async def _probe(self, member: Member) -> None:
+        address = member.info.get("address")
+        if address and await self._client.ping(str(address), self._interval_s):
+            self._membership.answered(member.id)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -21,7 +21,9 @@ async def readyz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     checks: dict[str, str] = {}
     connection = services.connection
-    checks["rabbitmq"] = "ok" if connection is not None and not connection.is_closed else "down"
+    # A robust connection that is reconnecting is not closed, but not connected either.
+    up = connection is not None and not connection.is_closed and connection.connected.is_set()
+    checks["rabbitmq"] = "ok" if up else "down"
     try:
         await asyncio.wait_for(services.mongo.ping(), 2.0)
         checks["mongodb"] = "ok"
@@ -34,7 +36,10 @@ async def readyz(request: Request) -> JSONResponse:
     elif any(m.info.get("docker") for m in live):
         checks["docker"] = "ok"
     else:
-        checks["docker"] = "down: no scheduler reaches its Docker engine"
+        # Each scheduler says why it cannot start containers (engine away, starts failing).
+        problems = sorted({str(m.info.get("docker_problem") or "") for m in live} - {""})
+        detail = f" ({'; '.join(problems)})"[:500] if problems else ""
+        checks["docker"] = f"down: no scheduler can start containers{detail}"
     ready = all(v.startswith("ok") for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -10,7 +10,7 @@ from starlette.routing import Route
 from gateway.body import read_limited
 from gateway.state import Services
 from runtime import constants as c
-from runtime.errors import BadRequest
+from runtime.errors import BadRequest, Unavailable
 from runtime.models import check_name
 
 
@@ -25,8 +25,14 @@ async def create_tenant(request: Request) -> JSONResponse:
         raise BadRequest('body must be {"name": "..."}', field="name")
     name = check_name(body["name"], "name")
     tenant, api_key = await services.tenants.create(name)
-    await services.publisher.ensure_tenant_queue(tenant.id)
-    await services.control.publish(c.CTL_TENANT, tenant=tenant.id)
+    try:
+        await services.publisher.ensure_tenant_queue(tenant.id)
+        await services.control.publish(c.CTL_TENANT, tenant=tenant.id)
+    except Unavailable:
+        # Without its queue and the schedulers told, the tenant could not run tasks:
+        # take it back, so that the same name can be created again once the broker is up.
+        await services.tenants.delete(tenant.id)
+        raise
     return JSONResponse({"id": tenant.id, "name": tenant.name, "api_key": api_key}, 201)
 
 

@@ -2,10 +2,15 @@
 
 It carries cache invalidations (a function changed or was deleted) and
 scheduler heartbeats. Messages are small JSON objects with a `kind`.
+
+Events broadcast while a process was cut from the broker never reach it; so when
+its connection is restored, its handlers get a local `resync` event and reload
+what such events would have told them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,9 +19,14 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
+from runtime import constants as c
 from runtime.broker import topology
+from runtime.broker.publisher import BROKER_ERRORS
+from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
+# A control event is small and unconfirmed: longer than this means the broker is gone.
+PUBLISH_TIMEOUT_S = 5.0
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -39,11 +49,22 @@ class ControlBus:
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(self._exchange)
         await queue.consume(self._on_message, no_ack=True)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+
+    async def _on_reconnect(self, _connection: object) -> None:
+        log.info("control bus back: resynchronising")
+        await self._dispatch({"kind": c.CTL_RESYNC})
 
     async def publish(self, kind: str, **fields: Any) -> None:
+        """Broadcast an event; Unavailable when the broker cannot take it (down, restarting)."""
         assert self._exchange is not None, "ControlBus.start() first"
         body = orjson.dumps({"kind": kind, **fields, "cluster": self._cluster})
-        await self._exchange.publish(aio_pika.Message(body), routing_key="")
+        try:
+            await asyncio.wait_for(
+                self._exchange.publish(aio_pika.Message(body), routing_key=""), PUBLISH_TIMEOUT_S
+            )
+        except BROKER_ERRORS as exc:
+            raise Unavailable(f"the message broker is unreachable: {exc!s:.200}") from None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -53,6 +74,11 @@ class ControlBus:
             return
         if not isinstance(event, dict) or event.get("cluster") != self._cluster:
             return
+        if event.get("kind") == c.CTL_RESYNC:
+            return  # local only: not taken from the wire
+        await self._dispatch(event)
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
         for handler in self._handlers:
             try:
                 result = handler(event)

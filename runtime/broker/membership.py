@@ -4,6 +4,12 @@ Schedulers announce themselves on the control bus every `heartbeat_s`. A
 tenant's owner is chosen by rendezvous hashing over the live schedulers, so
 every gateway agrees without coordination, and a scheduler joining or leaving
 moves only the tenants it wins or held.
+
+Heartbeats stop when the control bus does (a broker restart), though the
+schedulers still serve sync invocations over the direct hop. So a member whose
+heartbeat is late is probed over the hop (`overdue`, `answered`): one that
+answers stays live, and the set of live schedulers, hence every tenant's owner,
+does not change under a broker outage.
 """
 
 from __future__ import annotations
@@ -15,12 +21,20 @@ from typing import Any
 
 from runtime import constants as c
 
+# A member neither heard nor answering for this long is dropped (and probed no more).
+FORGET_AFTER_S = 300.0
+
 
 @dataclass
 class Member:
     id: str
-    last_seen: float
+    last_seen: float  # its last heartbeat on the control bus
     info: dict[str, Any] = field(default_factory=dict)
+    answered: float = float("-inf")  # its last answer to a probe over the direct hop
+
+    @property
+    def seen(self) -> float:
+        return max(self.last_seen, self.answered)
 
 
 def rendezvous(key: str, members: list[str]) -> str | None:
@@ -46,6 +60,7 @@ def owners(key: str, members: list[str], k: int) -> list[str]:
 class Membership:
     def __init__(self, heartbeat_s: float, clock: Any = time.monotonic, cluster: str | None = None) -> None:
         self._ttl = heartbeat_s * 3
+        self._late = heartbeat_s * 1.5
         self._cluster = cluster
         self._clock = clock
         self._members: dict[str, Member] = {}
@@ -58,13 +73,29 @@ class Membership:
             return  # another cluster sharing this broker
         if kind == c.CTL_HEARTBEAT:
             sid = str(event["scheduler"])
-            self._members[sid] = Member(sid, self._clock(), event)
+            known = self._members.get(sid)
+            answered = known.answered if known is not None else float("-inf")
+            self._members[sid] = Member(sid, self._clock(), event, answered)
         elif kind == c.CTL_SCHEDULER_DOWN:
             self._members.pop(str(event["scheduler"]), None)
 
     def live(self) -> list[Member]:
         now = self._clock()
-        return [m for m in self._members.values() if now - m.last_seen <= self._ttl]
+        return [m for m in self._members.values() if now - m.seen <= self._ttl]
+
+    def overdue(self) -> list[Member]:
+        """Members whose heartbeat is late, to probe over the direct hop; members not
+        heard from nor answering for FORGET_AFTER_S are dropped."""
+        now = self._clock()
+        for sid in [m.id for m in self._members.values() if now - m.seen > FORGET_AFTER_S]:
+            del self._members[sid]
+        return [m for m in self._members.values() if now - m.last_seen > self._late]
+
+    def answered(self, scheduler_id: str) -> None:
+        """The scheduler answered a probe over the direct hop: it is alive."""
+        member = self._members.get(scheduler_id)
+        if member is not None:
+            member.answered = self._clock()
 
     def address(self, scheduler_id: str) -> str | None:
         member = self._members.get(scheduler_id)

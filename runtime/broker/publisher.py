@@ -14,6 +14,9 @@ from runtime.broker import topology
 from runtime.errors import Unavailable
 
 CONFIRM_TIMEOUT_S = 10.0
+# What a publish or a declaration raises when the broker is down, restarting or refuses;
+# a channel whose connection is being restored raises a RuntimeError subclass.
+BROKER_ERRORS = (DeliveryError, AMQPError, TimeoutError, ConnectionError, RuntimeError)
 
 
 class InvokePublisher:
@@ -31,16 +34,21 @@ class InvokePublisher:
         self._exchange = await topology.invoke_exchange(self._channel)
 
     async def ensure_tenant_queue(self, tenant: str) -> None:
+        """Declare the tenant's queue once; Unavailable when the broker cannot be reached."""
         if tenant in self._declared:
             return
         task = self._declaring.get(tenant)
         if task is None:
             assert self._channel is not None
-            task = asyncio.ensure_future(topology.tenant_queue(self._channel, tenant))
+            task = asyncio.ensure_future(
+                asyncio.wait_for(topology.tenant_queue(self._channel, tenant), CONFIRM_TIMEOUT_S)
+            )
             self._declaring[tenant] = task
         try:
             await task
             self._declared.add(tenant)
+        except BROKER_ERRORS as exc:
+            raise Unavailable(f"the message broker is unreachable: {exc!s:.200}") from None
         finally:
             self._declaring.pop(tenant, None)
 
@@ -49,8 +57,8 @@ class InvokePublisher:
     ) -> None:
         """Durable once this returns: the broker confirmed the persistent message."""
         assert self._exchange is not None, "InvokePublisher.start() first"
+        await self.ensure_tenant_queue(tenant)
         try:
-            await self.ensure_tenant_queue(tenant)
             confirmation = await self._exchange.publish(
                 aio_pika.Message(
                     body,
@@ -62,7 +70,7 @@ class InvokePublisher:
                 mandatory=True,
                 timeout=CONFIRM_TIMEOUT_S,
             )
-        except (DeliveryError, AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
+        except BROKER_ERRORS as exc:
             raise Unavailable(f"the message broker did not confirm the task: {exc!s:.200}") from None
         if not isinstance(confirmation, Basic.Ack):
             raise Unavailable(f"the message broker refused the task ({type(confirmation).__name__})")

@@ -7,10 +7,16 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 
 from runtime import constants as c
 
+# How often a dropped connection is tried again: the broker back from a restart is
+# used within this (aio-pika's default is 5 s).
+RECONNECT_INTERVAL_S = 1.0
+
 
 async def connect(url: str) -> AbstractRobustConnection:
     """A robust connection: aio-pika restores channels, queues and consumers after a drop."""
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": "fnhost"})
+    return await aio_pika.connect_robust(
+        url, client_properties={"connection_name": "fnhost"}, reconnect_interval=RECONNECT_INTERVAL_S
+    )
 
 
 async def control_exchange(channel: AbstractChannel) -> AbstractExchange:

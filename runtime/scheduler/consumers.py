@@ -58,8 +58,7 @@ class QueueConsumers:
     async def start(self) -> None:
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.async_prefetch)
-        async for doc in self._mongo.tenants.find({}, {"_id": 1}):
-            self._tenants.add(str(doc["_id"]))
+        await self._load_tenants()
         await topology.drop_legacy_dead_letters(self._connection)
         # A channel of its own: the task channel's acks go out as multiple acks,
         # which must never cover a dead letter still being handled.
@@ -79,10 +78,18 @@ class QueueConsumers:
             self._tenants.add(tenant)
         await self._runner.dead_letter(message)
 
-    def on_control(self, event: dict[str, Any]) -> None:
+    async def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") == c.CTL_TENANT:
             self._tenants.add(str(event["tenant"]))
             self._wake.set()
+        elif event.get("kind") == c.CTL_RESYNC:
+            # Back from a broker outage: tenants created meanwhile were not announced.
+            await self._load_tenants()
+            self._wake.set()
+
+    async def _load_tenants(self) -> None:
+        async for doc in self._mongo.tenants.find({}, {"_id": 1}):
+            self._tenants.add(str(doc["_id"]))
 
     def owned(self) -> set[str]:
         live = sorted(m.id for m in self._membership.live())

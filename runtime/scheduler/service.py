@@ -34,6 +34,8 @@ from runtime.tasks.submit import Submission, Submitter
 log = logging.getLogger(__name__)
 # How long shutdown waits for the containers to be removed (Docker can be slow).
 POOL_CLOSE_S = 30.0
+# How long a heartbeat waits for the engine's ping before calling it down.
+ENGINE_PING_S = 2.0
 
 
 class Scheduler:
@@ -126,14 +128,24 @@ class Scheduler:
         beats = 0
         while True:
             if beats % 10 == 0:
-                docker_ok = await self.engine.ping()
+                try:
+                    docker_ok = await asyncio.wait_for(self.engine.ping(), ENGINE_PING_S)
+                except TimeoutError:
+                    docker_ok = False
             beats += 1
+            # Ready only when this scheduler can start containers: the pool follows the
+            # engine's event stream and its own starts (no I/O here); the ping catches
+            # an engine that hangs without closing the stream.
+            problem = self.pool.engine_problem
+            if problem is None and not docker_ok:
+                problem = "the Docker engine does not answer"
             with contextlib.suppress(Exception):
                 await self.control.publish(
                     c.CTL_HEARTBEAT,
                     scheduler=self.settings.scheduler_id,
                     address=self.hop.address,
-                    docker=docker_ok,
+                    docker=problem is None,
+                    docker_problem=problem,
                     started=self._started,
                     pool=self.pool.stats(),
                 )
@@ -165,6 +177,8 @@ class Scheduler:
                         "of this scheduler removes what is left", POOL_CLOSE_S)
         if hasattr(self, "destinations"):
             await self.destinations.close()
+        if hasattr(self, "submitter"):
+            await self.submitter.close()
         self.engine.close()
         await self.mongo.close()
 

@@ -21,6 +21,10 @@ class Mongo:
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
             settings.effective_mongo_url,
             serverSelectionTimeoutMS=5000,
+            # A connection the server closed while it sat in the pool is not noticed
+            # until used (the client does not read an idle socket), and with retryable
+            # writes off nothing retries the write that finds it: retire it first.
+            maxIdleTimeMS=int(settings.mongo_max_idle_s * 1000),
             tz_aware=True,
         )
         self.db: AsyncDatabase[Doc] = self.client[settings.mongo_db]

@@ -45,6 +45,11 @@ class TenantStore:
         )
         return tenant, api_key
 
+    async def delete(self, tenant_id: str) -> None:
+        """Take back a tenant created a moment ago (its set-up failed): name and keys."""
+        await self._mongo.api_keys.delete_many({"tenant": tenant_id})
+        await self._mongo.tenants.delete_one({"_id": tenant_id})
+
     async def by_key(self, api_key: str) -> Tenant | None:
         doc = await self._mongo.api_keys.find_one({"_id": hash_key(api_key)})
         if doc is None:

@@ -3,20 +3,35 @@
 Used by the gateway (`X-Invocation-Type: Event`) and by the `function`
 destination. The caller gets a task id only once the task is durable: the
 broker confirmed the message, or its timer is stored in MongoDB.
+
+A submission that is not durable leaves no record behind: a record written
+before a refused publish is taken back, and so is one whose insert broke off
+with the database connection (it may have landed). When the database cannot
+be reached for that undo either, it is retried in the background until it is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
 
 from runtime import constants as c
 from runtime.broker.publisher import InvokePublisher
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
 from runtime.store.timers import DELAY, TimerStore
+
+log = logging.getLogger(__name__)
+# Undoes waiting for the database to come back, and how often they are tried.
+MAX_PENDING_UNDOS = 10_000
+UNDO_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,8 @@ class Submitter:
         self._tasks = tasks
         self._timers = timers
         self._publisher = publisher
+        self._undos: set[tuple[str, str, str]] = set()
+        self._undoing: asyncio.Task[None] | None = None
 
     async def submit(self, sub: Submission) -> Accepted:
         record = sub.record
@@ -64,14 +81,23 @@ class Submitter:
         request_id = sub.request_id or str(uuid.uuid4())
         created_at = datetime.now(UTC)
         due_at = created_at + timedelta(seconds=sub.delay_s) if sub.delay_s > 0 else None
-        if task_mode:
-            await self._tasks.create(
-                tenant=record.tenant, function=record.name, task_id=task_id,
-                request_id=request_id, payload=sub.payload, content_type=sub.content_type,
-                created_at=created_at, due_at=due_at,
-            )
-        elif sub.task_id is not None:
-            await self._tasks.claim_id(record.tenant, record.name, task_id, created_at)
+        undo = (record.tenant, record.name, task_id)
+        try:
+            if task_mode:
+                await self._tasks.create(
+                    tenant=record.tenant, function=record.name, task_id=task_id,
+                    request_id=request_id, payload=sub.payload, content_type=sub.content_type,
+                    created_at=created_at, due_at=due_at,
+                )
+            elif sub.task_id is not None:
+                await self._tasks.claim_id(record.tenant, record.name, task_id, created_at)
+        except ServerSelectionTimeoutError:
+            raise  # no server to send the insert to: nothing was written
+        except ConnectionFailure:
+            # The insert may have reached the server before the connection broke.
+            if task_mode or sub.task_id is not None:
+                await self._undo(undo)
+            raise
         headers = message_headers(
             tenant=record.tenant, function=record.name, task_id=task_id, request_id=request_id,
             created_at=created_at, attempt=1, task_mode=task_mode,
@@ -88,6 +114,54 @@ class Submitter:
         except Exception:
             # Not durable: take the record back so the same task id can be sent again.
             if task_mode or sub.task_id is not None:
-                await self._tasks.forget(record.tenant, record.name, task_id)
+                await self._undo(undo)
             raise
         return Accepted(task_id, request_id, due_at)
+
+    async def _undo(self, key: tuple[str, str, str]) -> None:
+        """Forget a record that has no message behind it; never raises, so the caller's
+        own error (a 503) is what the client sees. A connection error is tried once more
+        at once (the pool drops broken connections), then in the background."""
+        error: ConnectionFailure | None = None
+        for _ in range(2):
+            try:
+                await self._tasks.forget(*key)
+                return
+            except ServerSelectionTimeoutError as exc:
+                error = exc
+                break  # the database is down: no use trying again now
+            except ConnectionFailure as exc:
+                error = exc
+            except Exception:
+                log.exception("taking back task %s failed: it stays Enqueued", key)
+                return
+        if len(self._undos) >= MAX_PENDING_UNDOS:
+            log.error("cannot take back task %s (the database is unreachable: %s) and %d "
+                      "undoes already wait: it stays Enqueued", key, error, len(self._undos))
+            return
+        log.warning("cannot take back task %s yet (the database is unreachable: %s): "
+                    "retrying in the background", key, error)
+        self._undos.add(key)
+        if self._undoing is None or self._undoing.done():
+            self._undoing = asyncio.create_task(self._undo_pending(), name="submit-undo")
+
+    async def _undo_pending(self) -> None:
+        while self._undos:
+            await asyncio.sleep(UNDO_RETRY_S)
+            for key in list(self._undos):
+                try:
+                    await self._tasks.forget(*key)
+                except ConnectionFailure:
+                    break  # still unreachable: all of them wait for the next round
+                except Exception:
+                    log.exception("taking back task %s failed; giving up on it", key)
+                self._undos.discard(key)
+
+    async def close(self) -> None:
+        """Stop retrying undoes (those left keep their Enqueued record)."""
+        if self._undos:
+            log.warning("%d task records not taken back at shutdown", len(self._undos))
+        if self._undoing is not None:
+            self._undoing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._undoing

@@ -239,3 +239,19 @@ async def test_size_bound_applies_to_fetched_records() -> None:
     assert len(store.calls) == 3
     await cache.get("acme", "f0")
     assert len(store.calls) == 4
+
+
+async def test_resync_after_a_broker_outage_drops_every_entry() -> None:
+    store = FakeStore()
+    store.set(record("acme", "resize", revision=1))
+    store.set(record("acme", "thumb", revision=1))
+    cache = make_cache(store)
+    await cache.get("acme", "resize")
+    await cache.get("acme", "thumb")
+    # Changed while the invalidation could not be broadcast.
+    store.set(record("acme", "resize", revision=2))
+    cache.on_control({"kind": c.CTL_RESYNC})
+    assert (await cache.get("acme", "resize")) == record("acme", "resize", revision=2)
+    await cache.get("acme", "thumb")
+    assert store.calls.count(("acme", "resize")) == 2
+    assert store.calls.count(("acme", "thumb")) == 2

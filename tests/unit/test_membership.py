@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from runtime import constants as c
-from runtime.broker.membership import Membership, rendezvous
+from runtime.broker.membership import FORGET_AFTER_S, Membership, rendezvous
 
 MEMBERS = ["sched-a", "sched-b", "sched-c", "sched-d"]
 TENANTS = [f"tenant-{i}" for i in range(1000)]
@@ -212,3 +212,69 @@ def test_owner_is_none_when_every_member_leaves(membership: Membership) -> None:
     assert membership.owner("acme") == "sched-a"
     membership.on_control(down("sched-a"))
     assert membership.owner("acme") is None
+
+
+# Probes over the direct hop (the control bus quiet)
+
+
+def test_a_late_member_is_overdue(membership: Membership, clock: FakeClock) -> None:
+    membership.on_control(heartbeat("sched-a"))
+    membership.on_control(heartbeat("sched-b"))
+    clock.advance(1.5 * HEARTBEAT_S)
+    membership.on_control(heartbeat("sched-b"))
+    assert [m.id for m in membership.overdue()] == []
+    clock.advance(0.001)
+    assert [m.id for m in membership.overdue()] == ["sched-a"]
+
+
+def test_a_member_answering_probes_stays_live_without_heartbeats(
+    membership: Membership, clock: FakeClock
+) -> None:
+    membership.on_control(heartbeat("sched-a"))
+    owner = membership.owner("acme")
+    for _ in range(100):
+        clock.advance(HEARTBEAT_S)
+        for member in membership.overdue():
+            membership.answered(member.id)
+        assert live_ids(membership) == {"sched-a"}
+    assert membership.owner("acme") == owner == "sched-a"
+
+
+def test_a_member_that_stops_answering_expires(membership: Membership, clock: FakeClock) -> None:
+    membership.on_control(heartbeat("sched-a"))
+    clock.advance(5 * HEARTBEAT_S)
+    membership.answered("sched-a")
+    clock.advance(3 * HEARTBEAT_S)
+    assert live_ids(membership) == {"sched-a"}
+    clock.advance(0.001)
+    assert membership.live() == []
+    assert membership.owner("acme") is None
+
+
+def test_heartbeats_back_after_probes(membership: Membership, clock: FakeClock) -> None:
+    membership.on_control(heartbeat("sched-a"))
+    clock.advance(5 * HEARTBEAT_S)
+    membership.answered("sched-a")
+    membership.on_control(heartbeat("sched-a"))
+    assert membership.overdue() == []
+    assert live_ids(membership) == {"sched-a"}
+
+
+def test_an_unknown_or_departed_member_is_not_revived_by_a_probe(
+    membership: Membership,
+) -> None:
+    membership.answered("sched-z")
+    membership.on_control(heartbeat("sched-a"))
+    membership.on_control(down("sched-a"))
+    membership.answered("sched-a")
+    assert membership.live() == []
+
+
+def test_a_member_silent_for_long_is_forgotten(membership: Membership, clock: FakeClock) -> None:
+    membership.on_control(heartbeat("sched-a"))
+    clock.advance(FORGET_AFTER_S)
+    assert [m.id for m in membership.overdue()] == ["sched-a"]
+    clock.advance(0.001)
+    assert membership.overdue() == []
+    membership.answered("sched-a")
+    assert membership.live() == []
