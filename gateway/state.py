@@ -75,6 +75,8 @@ class Services:
             self.hop.close()
         if hasattr(self, "submitter"):
             await self.submitter.close()
+        if hasattr(self, "control"):
+            await self.control.close()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()

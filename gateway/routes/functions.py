@@ -81,7 +81,7 @@ async def announce(services: Services, record: FunctionRecord | None, tenant: st
     services.cache.invalidate(tenant, name)
     if record is not None:
         services.cache.put(record)
-    await services.control.publish(
+    await services.control.publish_or_later(
         c.CTL_FUNCTION, tenant=tenant, name=name,
         sha256=record.sha256 if record is not None else None,
         revision=record.revision if record is not None else None,

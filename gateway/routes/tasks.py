@@ -115,7 +115,7 @@ async def stop_task(request: Request) -> JSONResponse:
             await services.timers.fire_now(key)
             # A scheduler may have taken it from the queue a moment ago (its Running
             # is written after FNHOST_RUNNING_WRITE_DELAY_S): that one stops it too.
-            await services.control.publish(c.CTL_STOP_TASK, key=key)
+            await services.control.publish_or_later(c.CTL_STOP_TASK, key=key)
             return JSONResponse(describe(updated))
         doc = await services.tasks.get(key) or doc
     if doc["status"] in (st.PROCESSED, st.RUNNING):
@@ -123,7 +123,7 @@ async def stop_task(request: Request) -> JSONResponse:
             key, st.STOPPING, when=frozenset({st.PROCESSED, st.RUNNING})
         )
         if updated is not None:
-            await services.control.publish(c.CTL_STOP_TASK, key=key)
+            await services.control.publish_or_later(c.CTL_STOP_TASK, key=key)
             return JSONResponse(describe(updated), status_code=202)
         doc = await services.tasks.get(key) or doc
     if doc["status"] in (st.STOPPING, st.STOPPED):

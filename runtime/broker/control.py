@@ -11,6 +11,7 @@ what such events would have told them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,9 @@ from runtime.errors import Unavailable
 log = logging.getLogger(__name__)
 # A control event is small and unconfirmed: longer than this means the broker is gone.
 PUBLISH_TIMEOUT_S = 5.0
+# Events of `publish_or_later` waiting for the broker: at most this many, tried this often.
+MAX_LATER = 10_000
+LATER_RETRY_S = 1.0
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -39,6 +43,8 @@ class ControlBus:
         self._cluster = cluster
         self._handlers: list[Handler] = []
         self._exchange: AbstractExchange | None = None
+        self._later: list[tuple[str, dict[str, Any]]] = []
+        self._sending_later: asyncio.Task[None] | None = None
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -65,6 +71,41 @@ class ControlBus:
             )
         except BROKER_ERRORS as exc:
             raise Unavailable(f"the message broker is unreachable: {exc!s:.200}") from None
+
+    async def publish_or_later(self, kind: str, **fields: Any) -> None:
+        """Broadcast an event that reports a change already stored (a function saved,
+        a task stopped): if the broker cannot take it now, it is sent again every
+        second in the background until it can (the caller's change stands either way;
+        processes that were cut off too resynchronise when they are back)."""
+        try:
+            await self.publish(kind, **fields)
+        except Unavailable as exc:
+            if len(self._later) >= MAX_LATER:
+                log.error("control event %s dropped (%d wait already): %s", kind, len(self._later), exc)
+                return
+            log.warning("control event %s not sent (%s): sending it when the broker is back", kind, exc)
+            self._later.append((kind, fields))
+            if self._sending_later is None or self._sending_later.done():
+                self._sending_later = asyncio.create_task(self._send_later(), name="control-later")
+
+    async def _send_later(self) -> None:
+        while self._later:
+            await asyncio.sleep(LATER_RETRY_S)
+            while self._later:
+                kind, fields = self._later[0]
+                try:
+                    await self.publish(kind, **fields)
+                except Unavailable:
+                    break
+                self._later.pop(0)
+
+    async def close(self) -> None:
+        if self._later:
+            log.warning("%d control events not sent at shutdown", len(self._later))
+        if self._sending_later is not None:
+            self._sending_later.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending_later
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:

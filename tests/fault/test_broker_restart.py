@@ -133,6 +133,11 @@ def test_submissions_while_the_broker_is_down_are_503_and_leave_nothing(
             r = admin.post("/v1/tenants", json={"name": "made-during-outage"})
             assert_error(r, 503, "unavailable")
             assert int(r.headers["retry-after"]) >= 1, r.headers
+            # A function change is stored in MongoDB: it stands (200), and its
+            # broadcast goes out when the broker is back.
+            r = client.patch("/v1/functions/hello", json={"timeout_s": 17})
+            assert r.status_code == 200, r.text
+            assert r.json()["config"]["timeout_s"] == 17, r.json()
         # Nothing of the refused submissions is left behind: the id is free again.
         deadline = time.monotonic() + 60
         while (r := submit_event(client, "hello", {}, headers={"X-Task-Id": "during-outage"})
@@ -146,6 +151,9 @@ def test_submissions_while_the_broker_is_down_are_503_and_leave_nothing(
         except AssertionError:
             print(platform.tail(200))
             raise
+        assert client.get("/v1/functions/hello").json()["config"]["timeout_s"] == 17
+        r = client.post("/v1/functions/hello/invocations", json={"name": "x"})
+        assert r.status_code == 200, r.text
         tasks = {t["task_id"] for t in list_all_tasks(client)}
         assert tasks == {"during-outage", delayed}, tasks
         # The tenant refused during the outage was taken back: its name is free.
