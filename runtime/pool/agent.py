@@ -48,6 +48,11 @@ class AgentConnection:
             await self._writer.wait_closed()
 
 
+def _close_connection(done: asyncio.Future[AgentConnection]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result().close()
+
+
 class CellSocket:
     """Listens on `run_dir/host.sock` for the one agent that belongs to the cell.
 
@@ -82,16 +87,24 @@ class CellSocket:
             writer.close()
             return
         connection.hello = header
-        if not self._connected.done():
-            self._connected.set_result(connection)
+        if self._connected.done():
+            connection.close()  # aborted (or the start given up) meanwhile
+            return
+        self._connected.set_result(connection)
         self.close()
 
     async def accept(self, timeout: float) -> AgentConnection:
         assert self._connected is not None, "listen() first"
         try:
-            return await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+            connection = await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except BaseException:
+            # Timed out or cancelled (the pool closing): a connection that arrives
+            # now, or arrived in the same moment, is closed, never left to the GC.
+            self._connected.add_done_callback(_close_connection)
+            raise
         finally:
             self.close()
+        return connection
 
     def abort(self, reason: str) -> None:
         """The container is gone before its agent connected: fail `accept` now."""
