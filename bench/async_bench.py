@@ -8,9 +8,11 @@
     until every accepted task has delivered its destination record.
 (b) end-to-end throughput of a no-op function: N tasks submitted as fast as
     possible, timed until the last destination record (a `queue` destination,
-    consumed by the bench) is back; against Celery on the same RabbitMQ (a vhost
-    of its own), 2 prefork worker processes, late acks, a result backend,
-    timed until every result is stored.
+    consumed by the bench; with `--destinations queue,webhook` also a `webhook`
+    destination, POSTed to bench/webhook_receiver.py, which the bench starts) is
+    back; against Celery on the same RabbitMQ (a vhost of its own), 2 prefork
+    worker processes, late acks, a result backend, timed until every result is
+    stored.
 
     .venv/bin/python bench/async_bench.py --url http://127.0.0.1:8080 \
         --admin-key "$(cat .data/admin-key)"
@@ -35,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from datetime import UTC, datetime
@@ -52,12 +55,22 @@ QUORUM = {"x-queue-type": "quorum"}
 MODES = {"task": True, "notask": False}  # task mode on / off
 ACCEPT_TARGET = 2500.0  # 202s per second of one gateway
 RATIO_TARGET = 1.5  # fnhost tasks/s over Celery's
-CELERY_VARIANTS = {
-    # Durable like fnhost: a quorum queue and a producer that waits for the confirm.
+DESTINATIONS = ("queue", "webhook")
+CELERY_VARIANTS: dict[str, dict[str, Any]] = {
+    # Durable like fnhost: a quorum queue and a producer that waits for the confirm;
+    # the result backend of --celery-backend.
     "durable": {"queue_type": "quorum", "confirm": True},
     # Celery's defaults: a classic queue, no publisher confirms.
     "classic": {"queue_type": "classic", "confirm": False},
+    # The peer of task mode off: durable, results back over RabbitMQ, no database.
+    "rpc": {"queue_type": "quorum", "confirm": True, "backend": "rpc://"},
+    # The peer of task mode on: durable, each task's state kept in the database as
+    # task mode does (STARTED written before the task runs, then its result): the
+    # MongoDB backend of --celery-backend, on the same MongoDB-wire server.
+    "mongodb-started": {"queue_type": "quorum", "confirm": True, "track_started": True, "mongodb": True},
 }
+# Which Celery set-up each task mode is held against (the issue's targets).
+PEERS = {"notask": "rpc", "task": "mongodb-started"}
 
 
 def log(message: str) -> None:
@@ -216,8 +229,8 @@ class Platform:
         self.queues: list[str] = []
         self.connection: aio_pika.abc.AbstractConnection | None = None
 
-    def function(self, mode: str) -> str:
-        return f"noop-{mode}"
+    def function(self, mode: str, destination: str = "queue") -> str:
+        return f"noop-{mode}" if destination == "queue" else f"noop-{mode}-{destination}"
 
     def destination(self, mode: str) -> str:
         return f"fnhost.d.{self.tenant}.done-{mode}"
@@ -225,11 +238,12 @@ class Platform:
     async def start(self) -> None:
         self.connection = await aio_pika.connect(self.amqp_url)
 
-    def deploy(self, mode: str, max_concurrency: int | None) -> None:
-        name = self.function(mode)
-        config: dict[str, Any] = {
-            "async": {"task_mode": MODES[mode], "on_success": {"type": "queue", "name": f"done-{mode}"}}
-        }
+    def deploy(self, mode: str, max_concurrency: int | None, destination: str = "queue",
+               webhook_url: str | None = None) -> None:
+        name = self.function(mode, destination)
+        on_success = ({"type": "queue", "name": f"done-{mode}"} if destination == "queue"
+                      else {"type": "webhook", "url": f"{webhook_url}/done-{mode}"})
+        config: dict[str, Any] = {"async": {"task_mode": MODES[mode], "on_success": on_success}}
         if max_concurrency is not None:
             config["max_concurrency"] = max_concurrency
         r = self.http.put(
@@ -282,6 +296,126 @@ class Platform:
             except Exception as exc:
                 log(f"could not delete queue {queue}: {exc}")
         await self.connection.close()
+
+
+# -- where the scheduler's time goes --------------------------------------------------
+
+# A sampled stack holding one of these frames is the scheduler delivering a record:
+# Destinations.deliver, or the webhook client (the one in use and the one used
+# before) in a callback of the event loop, such as reading an answer.
+DELIVERY_FRAMES = ("Destinations.deliver (", "webhooks.py", "aiohttp/", "httpx/", "httpcore/", "h11/",
+                   "anyio/")
+
+
+class SchedulerProfile:
+    """py-spy sampling the scheduler (`--watch scheduler=PID`) for one end-to-end run:
+    the share of its samples spent delivering destination records, so that its CPU
+    per task can be split into the delivery and the rest. (A queue publish's confirm
+    is read by the AMQP connection's reader, shared with the rest: not counted.)"""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.proc = subprocess.Popen(
+            [spy, "record", "-p", str(self.pid), "-r", "200", "-f", "raw", "-o", str(self.out),
+             "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # attached before the clock starts
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self, scheduler_cpu_ms_per_task: float | None) -> dict[str, Any]:
+        self.close()
+        total = delivery = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            if any(frame in stack for frame in DELIVERY_FRAMES):
+                delivery += int(count)
+        share = delivery / total if total else 0.0
+        out: dict[str, Any] = {"file": str(self.out), "samples": total, "delivery_share": round(share, 3)}
+        if scheduler_cpu_ms_per_task is not None:
+            out["delivery_cpu_ms_per_task"] = round(share * scheduler_cpu_ms_per_task, 3)
+        return out
+
+
+# -- the webhook receiver -----------------------------------------------------------
+
+
+class Receiver:
+    """bench/webhook_receiver.py in a process of its own (its CPU time is reported as
+    `receiver`): it counts the records POSTed to it and keeps their arrival times."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self._conn: HttpConnection | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "webhook_receiver.py"), "--host", "127.0.0.1"],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise SystemExit(f"the webhook receiver did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self._conn = HttpConnection("127.0.0.1", self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def _get(self, path: str) -> bytes:
+        assert self._conn is not None
+        status, _, body = await self._conn.request(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n".encode(), b"")
+        if status != 200:
+            raise SystemExit(f"webhook receiver: GET {path}: {status}")
+        return body
+
+    async def count(self) -> int:
+        return int(await self._get("/count"))
+
+    async def arrivals(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(await self._get("/arrivals"))
+        return result
+
+    async def reset(self) -> None:
+        await self._get("/reset")
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- (a) accept rate with wrk ------------------------------------------------------
@@ -408,33 +542,51 @@ async def accept_rate(
 # -- (b) end to end: fnhost ---------------------------------------------------------
 
 
-async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
-    """Submit n Event invocations over `concurrency` connections; time until the n-th record."""
+async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: float,
+                     destination: str = "queue", receiver: Receiver | None = None,
+                     profile: SchedulerProfile | None = None) -> dict[str, Any]:
+    """Submit n Event invocations over `concurrency` connections; time until the n-th record
+    (from the destination queue the bench consumes, or at the webhook receiver)."""
     assert p.connection is not None
-    queue_name = p.destination(mode)
-    await p.purge(queue_name)
-    channel = await p.connection.channel()
-    await channel.set_qos(prefetch_count=4000)
-    queue = await channel.declare_queue(queue_name, durable=True, arguments=QUORUM)
+    # time.monotonic() throughout: the webhook receiver stamps arrivals with the same clock.
     arrived: dict[str, float] = {}
     conditions: dict[str, int] = {}
     done = asyncio.Event()
     submitted: dict[str, float] = {}
     submit_finished = False
+    channel: aio_pika.abc.AbstractChannel | None = None
+    queue: aio_pika.abc.AbstractQueue | None = None
+    tag = ""
 
-    async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        now = time.perf_counter()
-        headers = message.headers or {}
-        task_id = str(headers.get("task_id") or message.message_id)
-        arrived.setdefault(task_id, now)
-        condition = str(headers.get("condition"))
-        conditions[condition] = conditions.get(condition, 0) + 1
-        if submit_finished and len(arrived) >= n and submitted.keys() <= arrived.keys():
-            done.set()
+    if destination == "queue":
+        queue_name = p.destination(mode)
+        await p.purge(queue_name)
+        channel = await p.connection.channel()
+        await channel.set_qos(prefetch_count=4000)
+        queue = await channel.declare_queue(queue_name, durable=True, arguments=QUORUM)
 
-    tag = await queue.consume(on_record, no_ack=True)
+        async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            now = time.monotonic()
+            headers = message.headers or {}
+            task_id = str(headers.get("task_id") or message.message_id)
+            arrived.setdefault(task_id, now)
+            condition = str(headers.get("condition"))
+            conditions[condition] = conditions.get(condition, 0) + 1
+            if submit_finished and len(arrived) >= n and submitted.keys() <= arrived.keys():
+                done.set()
+
+        tag = await queue.consume(on_record, no_ack=True)
+    else:
+        assert receiver is not None
+        await receiver.reset()
+
+    async def stop_consuming() -> None:
+        if queue is not None and channel is not None:
+            await queue.cancel(tag)
+            await channel.close()
+
     parts = urlsplit(p.url)
-    head = event_head(p.url, p.key, p.function(mode))
+    head = event_head(p.url, p.key, p.function(mode, destination))
     errors: list[str] = []
     next_index = 0
 
@@ -444,7 +596,7 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
         try:
             while next_index < n:
                 next_index += 1
-                sent = time.perf_counter()
+                sent = time.monotonic()
                 status, headers, body = await conn.request(head, b"{}")
                 if status != 202:
                     errors.append(f"{status} {body[:200]!r}")
@@ -453,31 +605,49 @@ async def fnhost_e2e(p: Platform, mode: str, n: int, concurrency: int, timeout: 
         finally:
             conn.close()
 
+    async def webhook_records() -> None:
+        """Poll the receiver's count (cheap) until every submitted task's record is there."""
+        assert receiver is not None
+        while True:
+            if await receiver.count() >= n:
+                data = await receiver.arrivals()
+                if submitted.keys() <= data["arrivals"].keys():
+                    arrived.update(data["arrivals"])
+                    conditions.update(data["conditions"])
+                    return
+            await asyncio.sleep(0.05)
+
     load = os.getloadavg()[0]
+    if profile is not None:
+        await asyncio.to_thread(profile.start)
     p.meter.start()
-    started = time.perf_counter()
+    started = time.monotonic()
     await asyncio.gather(*(submitter() for _ in range(concurrency)))
-    submit_s = time.perf_counter() - started
+    submit_s = time.monotonic() - started
     submit_finished = True
     if errors:
-        await queue.cancel(tag)
-        await channel.close()
+        await stop_consuming()
         raise SystemExit(f"{len(errors)} of {n} submissions were not accepted, e.g. {errors[:3]}")
     if len(arrived) >= n and submitted.keys() <= arrived.keys():
         done.set()
     try:
-        await asyncio.wait_for(done.wait(), timeout)
+        if destination == "queue":
+            await asyncio.wait_for(done.wait(), timeout)
+        else:
+            await asyncio.wait_for(webhook_records(), timeout)
     except TimeoutError:
-        raise SystemExit(f"{mode}: only {len(arrived)} of {n} records after {timeout} s") from None
+        got = len(arrived) if receiver is None else await receiver.count()
+        raise SystemExit(f"{mode} {destination}: only {got} of {n} records after {timeout} s") from None
     finally:
-        await queue.cancel(tag)
-        await channel.close()
+        await stop_consuming()
     cpu = p.meter.per_task(n)
+    profiled = None if profile is None else await asyncio.to_thread(profile.stop, cpu.get("scheduler"))
     last = max(arrived[t] for t in submitted)
     latencies = [(arrived[t] - sent) * 1000 for t, sent in submitted.items()]
     total_s = last - started
-    return {
+    return ({} if profiled is None else {"scheduler_profile": profiled}) | {
         "tasks": n,
+        "destination": destination,
         "submit_s": round(submit_s, 3),
         "submitted_per_s": round(n / submit_s, 1),
         "total_s": round(total_s, 3),
@@ -523,19 +693,24 @@ class Celery:
                        check=True, capture_output=True)
         self.vhost_made = True
 
-    def start_worker(self, queue: str, queue_type: str, confirm: bool) -> None:
+    def backend_of(self, variant: str) -> str:
+        return str(CELERY_VARIANTS[variant].get("backend", self.backend))
+
+    def start_worker(self, queue: str, queue_type: str, confirm: bool, backend: str,
+                     track_started: bool) -> None:
         env = {
             **os.environ,
             "BENCH_CELERY_BROKER": self.broker,
-            "BENCH_CELERY_BACKEND": self.backend,
+            "BENCH_CELERY_BACKEND": backend,
             "BENCH_CELERY_QUEUE": queue,
             "BENCH_CELERY_QUEUE_TYPE": queue_type,
             "BENCH_CELERY_CONFIRM": "1" if confirm else "0",
+            "BENCH_CELERY_TRACK_STARTED": "1" if track_started else "0",
         }
         cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
                "--concurrency", str(self.workers), "--pool", "prefork", "--loglevel", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat",
-               "--hostname", f"bench-{self.tag}-{queue_type}@%h"]
+               "--hostname", f"{queue}@%h"]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=BENCH, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -575,18 +750,32 @@ class Celery:
 
         spec = CELERY_VARIANTS[variant]
         queue = f"bench-{self.tag}-{variant}"
-        self.start_worker(queue, str(spec["queue_type"]), bool(spec["confirm"]))
-        app = make_app(self.broker, self.backend, queue, str(spec["queue_type"]), bool(spec["confirm"]))
+        backend = self.backend_of(variant)
+        track_started = bool(spec.get("track_started", False))
+        self.start_worker(queue, str(spec["queue_type"]), bool(spec["confirm"]), backend, track_started)
+        rpc = backend.startswith("rpc://")
+        # An rpc result comes back to the app that sent the task, on that app's connection,
+        # which is not thread-safe: with rpc each submitting thread has an app of its own
+        # and waits for its own results.
+        apps = [make_app(self.broker, backend, queue, str(spec["queue_type"]), bool(spec["confirm"]),
+                         track_started) for _ in range(self.submit_threads if rpc else 1)]
+        app = apps[0]
         assert self.proc is not None
         meter = CpuMeter({**pids, "celery_worker": self.proc.pid})
         try:
-            self._batch(app, TASK, warmup, timeout)
             load = os.getloadavg()[0]
-            meter.start()
-            started, started_epoch = time.perf_counter(), time.time()
-            ids = self._send(app, TASK, n)
-            submit_s = time.perf_counter() - started
-            statuses, last_stored = self._wait(app, ids, timeout)
+            if rpc:
+                statuses, started, sent_at = self._rpc_run(apps, TASK, warmup, n, timeout, meter)
+                submit_s = sent_at - started
+                last_stored = None
+            else:
+                self._batch(app, TASK, warmup, timeout)
+                load = os.getloadavg()[0]
+                meter.start()
+                started, started_epoch = time.perf_counter(), time.time()
+                ids = self._send(app, TASK, n)
+                submit_s = time.perf_counter() - started
+                statuses, last_stored = self._wait(app, ids, timeout)
             seen_s = time.perf_counter() - started
             cpu = meter.per_task(n)
             # With a stored result's own time, the end is when the last one was stored
@@ -594,15 +783,17 @@ class Celery:
             total_s = last_stored - started_epoch if last_stored is not None else seen_s
         finally:
             self.stop_worker()
-            with contextlib.suppress(Exception):
-                app.close()
+            for a in apps:
+                with contextlib.suppress(Exception):
+                    a.close()
         if statuses.get("SUCCESS", 0) != n:
             raise SystemExit(f"Celery {variant}: results {statuses}, expected {n} SUCCESS")
         return {
             "tasks": n,
             "queue_type": spec["queue_type"],
             "publisher_confirms": spec["confirm"],
-            "result_backend": self.backend.split("://")[0],
+            "result_backend": backend.split("://")[0],
+            "task_track_started": track_started,
             "worker": f"--concurrency {self.workers} --pool prefork, task_acks_late=True",
             "submit_threads": self.submit_threads,
             "submit_s": round(submit_s, 3),
@@ -625,6 +816,41 @@ class Celery:
         with ThreadPoolExecutor(self.submit_threads) as pool:
             parts = pool.map(lambda k: [app.send_task(task, args=[{}]).id for _ in range(k)], shares)
             return [task_id for part in parts for task_id in part]
+
+    def _rpc_run(self, apps: list[Any], task: str, warmup: int, n: int, timeout: float,
+                 meter: CpuMeter) -> tuple[dict[str, int], float, float]:
+        """Warm-up, then n tasks, sent from one thread per app, each thread waiting for its
+        own results. The threads live for both phases: an rpc reply queue is named after
+        the thread, and a new thread that reused a finished one's id would share its
+        queue with that thread's consumer. The count of each final state, when the
+        measured phase started and when its last task was sent."""
+        def shares(total: int) -> list[int]:
+            return [total // len(apps) + (i < total % len(apps)) for i in range(len(apps))]
+
+        started = [0.0]
+
+        def go() -> None:  # run by the last thread to reach the barrier
+            meter.start()
+            started[0] = time.perf_counter()
+
+        barrier = threading.Barrier(len(apps), action=go)
+
+        def one(app: Any, k_warmup: int, k: int) -> tuple[dict[str, int], float]:
+            self._wait(app, [app.send_task(task, args=[{}]).id for _ in range(k_warmup)], timeout)
+            barrier.wait()
+            ids = [app.send_task(task, args=[{}]).id for _ in range(k)]
+            sent_at = time.perf_counter()
+            return self._wait(app, ids, timeout)[0], sent_at
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        found: dict[str, int] = {}
+        with ThreadPoolExecutor(len(apps)) as pool:
+            parts = list(pool.map(one, apps, shares(warmup), shares(n)))
+        for states_found, _ in parts:
+            for state, count in states_found.items():
+                found[state] = found.get(state, 0) + count
+        return found, started[0], max(sent_at for _, sent_at in parts)
 
     def _batch(self, app: Any, task: str, n: int, timeout: float) -> None:
         self._wait(app, self._send(app, task, n), timeout)
@@ -713,8 +939,8 @@ def summary(report: dict[str, Any]) -> list[str]:
         )
     e2e = report.get("end_to_end", {})
     celery = {k[len("celery_"):]: v for k, v in e2e.items() if k.startswith("celery_")}
-    for mode in MODES:
-        r = e2e.get(f"fnhost_{mode}")
+    for mode, destination in ((m, d) for d in DESTINATIONS for m in MODES):
+        r = e2e.get(e2e_key(mode, destination))
         if r is None:
             continue
         parts = []
@@ -723,11 +949,32 @@ def summary(report: dict[str, Any]) -> list[str]:
             verdict = "met" if ratio >= RATIO_TARGET else "MISSED"
             parts.append(f"{ratio:.3f}x Celery {variant} ({c['tasks_per_s']:,.0f}/s): {verdict}")
         lines.append(
-            f"(b) end to end, {r['tasks']} no-op tasks, task mode {'on' if MODES[mode] else 'off'}: "
+            f"(b) end to end, {r['tasks']} no-op tasks, task mode {'on' if MODES[mode] else 'off'}, "
+            f"{destination} destination: "
             f"{r['tasks_per_s']:,.0f} tasks/s (task p50 {r['task_latency_p50_ms']} ms, "
             f"p99 {r['task_latency_p99_ms']} ms); " + ("; ".join(parts) or "no Celery run")
             + f"; target >= {RATIO_TARGET}x"
         )
+    for mode, peer in PEERS.items():
+        r, c = e2e.get(e2e_key(mode, "webhook")), celery.get(peer)
+        if r is None or c is None:
+            continue
+        ratio = r["tasks_per_s"] / c["tasks_per_s"]
+        lines.append(
+            f"(b) target: task mode {'on' if MODES[mode] else 'off'} with a webhook destination over "
+            f"Celery {peer}: {r['tasks_per_s']:,.0f} / {c['tasks_per_s']:,.0f} = {ratio:.3f}x; "
+            f"target >= {RATIO_TARGET}x: {'met' if ratio >= RATIO_TARGET else 'MISSED'}"
+        )
+    for mode in MODES:
+        q, w = e2e.get(e2e_key(mode, "queue")), e2e.get(e2e_key(mode, "webhook"))
+        if q is None or w is None:
+            continue
+        qs, ws = q["cpu_ms_per_task"].get("scheduler"), w["cpu_ms_per_task"].get("scheduler")
+        if qs is not None and ws is not None:
+            lines.append(
+                f"(b) scheduler CPU ms per task, task mode {'on' if MODES[mode] else 'off'}: "
+                f"webhook destination {ws}, queue destination {qs} (webhook - queue {ws - qs:+.3f})"
+            )
     cpu_lines = []
     for name, r in report.get("accept", {}).items():
         mode = name.removesuffix("_alone")
@@ -738,6 +985,14 @@ def summary(report: dict[str, Any]) -> list[str]:
     for name, r in e2e.items():
         if name != "ratios":
             cpu_lines.append((f"(b) {name}", r.get("cpu_ms_per_task")))
+    for name, r in e2e.items():
+        prof = r.get("scheduler_profile") if name != "ratios" else None
+        if prof and "delivery_cpu_ms_per_task" in prof:
+            lines.append(
+                f"    scheduler profile, (b) {name}: {prof['delivery_share'] * 100:.1f}% of its samples "
+                f"delivering the record = {prof['delivery_cpu_ms_per_task']} CPU-ms per task "
+                f"({prof['samples']} samples, {prof['file']})"
+            )
     for label, cpu in cpu_lines:
         if cpu:
             parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
@@ -745,37 +1000,61 @@ def summary(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def e2e_key(mode: str, destination: str) -> str:
+    """The report's name of an end-to-end run (`fnhost_task`, `fnhost_notask_webhook`, ...)."""
+    return f"fnhost_{mode}" if destination == "queue" else f"fnhost_{mode}_{destination}"
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}: use {', '.join(MODES)}")
+    destinations = [d for d in args.destinations.split(",") if d]
+    for d in destinations:
+        if d not in DESTINATIONS:
+            raise SystemExit(f"unknown destination {d!r}: use {', '.join(DESTINATIONS)}")
     variants = [v for v in args.celery_variants.split(",") if v]
     for v in variants:
         if v not in CELERY_VARIANTS:
             raise SystemExit(f"unknown Celery variant {v!r}: use {', '.join(CELERY_VARIANTS)}")
+        if CELERY_VARIANTS[v].get("mongodb") and not args.celery_backend.startswith("mongodb://"):
+            raise SystemExit(f"Celery variant {v} needs a mongodb:// --celery-backend")
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
         "settings": {k: v for k, v in vars(args).items() if k != "admin_key"},
     }
     pids: dict[str, int] = args.pids
-    p = Platform(args.url, args.admin_key, args.amqp_url, tag, CpuMeter(pids))
+    receiver = Receiver()
+    meter = CpuMeter(pids)
+    p = Platform(args.url, args.admin_key, args.amqp_url, tag, meter)
     celery = Celery(args.amqp_url, args.celery_vhost, args.celery_backend, tag, args.celery_workers,
                     args.celery_submit_threads)
+    runs = [(mode, d) for d in destinations for mode in modes]
     try:
         await p.start()
-        for mode in modes:
-            await p.declare(p.destination(mode))
-            p.deploy(mode, args.max_concurrency)
-        for mode in modes:  # warm: containers started, queues consumed, caches filled
-            log(f"warm-up: {args.warmup} tasks of {p.function(mode)}")
-            await fnhost_e2e(p, mode, args.warmup, args.submit_connections, args.timeout)
-        if "a" in args.figures:
+        if "webhook" in destinations:
+            receiver.start()
+            meter.pids["receiver"] = receiver.pid
+        for mode, destination in runs:
+            if destination == "queue":
+                await p.declare(p.destination(mode))
+            p.deploy(mode, args.max_concurrency, destination, receiver.url)
+        for mode, destination in runs:  # warm: containers started, queues consumed, caches filled
+            log(f"warm-up: {args.warmup} tasks of {p.function(mode, destination)}")
+            await fnhost_e2e(p, mode, args.warmup, args.submit_connections, args.timeout,
+                             destination, receiver)
+        if "a" in args.figures and "queue" not in destinations:
+            log("(a) is measured with the queue destination only: skipped")
+        elif "a" in args.figures:
             report["accept"] = {}
-            runs = [(mode, None) for mode in modes]
+            accepts: list[tuple[str, int | None]] = [(mode, None) for mode in modes]
             if args.accept_alone:
                 if "scheduler" not in pids:
                     raise SystemExit("--accept-alone needs --watch scheduler=PID")
-                runs += [(mode, pids["scheduler"]) for mode in modes]
-            for mode, scheduler_pid in runs:
+                accepts += [(mode, pids["scheduler"]) for mode in modes]
+            for mode, scheduler_pid in accepts:
                 r = await accept_rate(p, mode, args, scheduler_pid)
                 wrk_output = r.pop("wrk_output")
                 report["accept"][mode + ("_alone" if scheduler_pid else "")] = r
@@ -786,11 +1065,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if "b" in args.figures:
             e2e: dict[str, Any] = {}
             report["end_to_end"] = e2e
-            for mode in modes:
-                log(f"(b) fnhost: {args.tasks} tasks of {p.function(mode)}")
-                e2e[f"fnhost_{mode}"] = await fnhost_e2e(
-                    p, mode, args.tasks, args.submit_connections, args.timeout
-                )
+            for mode, destination in runs:
+                log(f"(b) fnhost: {args.tasks} tasks of {p.function(mode, destination)}")
+                profile = None
+                if args.profile_scheduler:
+                    if "scheduler" not in pids:
+                        raise SystemExit("--profile-scheduler needs --watch scheduler=PID")
+                    folder = Path(args.profile_scheduler)
+                    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+                    profile = SchedulerProfile(pids["scheduler"],
+                                               folder / f"{e2e_key(mode, destination)}.txt")
+                try:
+                    e2e[e2e_key(mode, destination)] = await fnhost_e2e(
+                        p, mode, args.tasks, args.submit_connections, args.timeout, destination,
+                        receiver, profile,
+                    )
+                finally:
+                    if profile is not None:  # py-spy stopped even when the run failed
+                        profile.close()
             if variants:
                 celery.create_vhost()
             for variant in variants:
@@ -800,16 +1092,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     {k: v for k, v in pids.items() if k in ("mongodb", "rabbitmq")},
                 )
             ratios = {}
-            for mode in modes:
+            for mode, destination in runs:
+                key = e2e_key(mode, destination)
                 for variant in variants:
-                    ratios[f"fnhost_{mode}_over_celery_{variant}"] = round(
-                        e2e[f"fnhost_{mode}"]["tasks_per_s"] / e2e[f"celery_{variant}"]["tasks_per_s"], 3
+                    ratios[f"{key}_over_celery_{variant}"] = round(
+                        e2e[key]["tasks_per_s"] / e2e[f"celery_{variant}"]["tasks_per_s"], 3
                     )
             e2e["ratios"] = ratios
     finally:
         log("cleaning up")
         await asyncio.to_thread(celery.cleanup)
         await p.cleanup()
+        receiver.stop()
     report["tenant"] = p.tenant
     return report
 
@@ -825,6 +1119,10 @@ def main() -> None:
                         help="the platform's RabbitMQ (to consume the destination queues)")
     parser.add_argument("--figures", default="ab", help="a: accept rate, b: end to end (default: ab)")
     parser.add_argument("--modes", default="task,notask", help="task mode on (task) and off (notask)")
+    parser.add_argument("--destinations", default="queue",
+                        help="(b) the on_success destinations to measure: queue, webhook or "
+                        "queue,webhook (a webhook POSTs each record to bench/webhook_receiver.py, "
+                        "started by the bench; its CPU is reported as `receiver`); (a) uses queue")
     parser.add_argument("--connections", type=int, default=32, help="(a) wrk connections")
     parser.add_argument("--seconds", type=int, default=10, help="(a) wrk duration")
     parser.add_argument("--wrk-threads", type=int, default=1)
@@ -849,12 +1147,19 @@ def main() -> None:
     parser.add_argument("--celery-submit-threads", type=int, default=8,
                         help="threads sending the Celery tasks (with publisher confirms each send "
                         "waits for its confirm, so one thread is slower than the workers)")
+    parser.add_argument("--profile-scheduler", metavar="DIR",
+                        help="(b) sample the --watch scheduler with py-spy during each fnhost run "
+                        "(DIR/<run>.txt, collapsed stacks) and report the share of its samples, and "
+                        "of its CPU per task, spent delivering the destination record")
     parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID",
                         help="report the CPU time per task of this process (and its children): "
                         "gateway=, scheduler=, mongodb=, rabbitmq=; mongodb and rabbitmq are "
                         "measured for Celery too")
     parser.add_argument("--celery-variants", default="durable,classic",
-                        help="durable: quorum queue + publisher confirms; classic: Celery's defaults")
+                        help="durable: quorum queue + publisher confirms, --celery-backend; "
+                        "classic: Celery's defaults; rpc: durable with the rpc:// backend (the peer "
+                        "of task mode off); mongodb-started: durable with the MongoDB backend of "
+                        "--celery-backend and task_track_started (the peer of task mode on)")
     args = parser.parse_args()
     if not args.admin_key:
         raise SystemExit("give --admin-key (or FNHOST_ADMIN_KEY)")

@@ -7,6 +7,7 @@ bench/async_bench.py starts the worker itself, configured through the environmen
     BENCH_CELERY_QUEUE       the task queue (one per run and variant)
     BENCH_CELERY_QUEUE_TYPE  quorum (durable, like fnhost's tenant queues) or classic
     BENCH_CELERY_CONFIRM     1: the producer waits for the broker's publisher confirm
+    BENCH_CELERY_TRACK_STARTED  1: task_track_started (a STARTED write before each task runs)
 
     cd bench && ../.venv/bin/celery -A celery_app worker --concurrency 2 --pool prefork \
         --without-gossip --without-mingle --without-heartbeat
@@ -22,8 +23,10 @@ from kombu import Queue
 TASK = "bench.noop"
 
 
-def make_app(broker: str, backend: str, queue: str, queue_type: str, confirm: bool) -> Celery:
-    """A Celery app with late acks, persistent messages and a result backend."""
+def make_app(broker: str, backend: str, queue: str, queue_type: str, confirm: bool,
+             track_started: bool = False) -> Celery:
+    """A Celery app with late acks, persistent messages and a result backend; with
+    `track_started` the worker also stores each task's STARTED state before running it."""
     app = Celery("fnhost_bench", broker=broker, backend=backend)
     app.conf.update(
         task_acks_late=True,
@@ -43,6 +46,7 @@ def make_app(broker: str, backend: str, queue: str, queue_type: str, confirm: bo
         result_serializer="json",
         accept_content=["json"],
         result_expires=3600,
+        task_track_started=track_started,
     )
     if backend.startswith("mongodb://"):
         app.conf.mongodb_backend_settings = {"taskmeta_collection": f"taskmeta_{queue}"}
@@ -61,4 +65,5 @@ app = make_app(
     queue=os.environ.get("BENCH_CELERY_QUEUE", "bench-noop"),
     queue_type=os.environ.get("BENCH_CELERY_QUEUE_TYPE", "quorum"),
     confirm=os.environ.get("BENCH_CELERY_CONFIRM", "1") == "1",
+    track_started=os.environ.get("BENCH_CELERY_TRACK_STARTED", "0") == "1",
 )

@@ -12,15 +12,13 @@ import base64
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aio_pika
-import httpx
 import orjson
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
@@ -31,6 +29,7 @@ from runtime.errors import FnhostError, Throttled, Unavailable
 from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
 from runtime.settings import Settings
 from runtime.tasks import status as st
+from runtime.webhooks import AiohttpWebhooks, WebhookClient, WebhookError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,6 @@ RECORD_VERSION = "1.0"
 CONDITIONS = (st.SUCCESS, st.RETRIES_EXHAUSTED, st.EVENT_AGE_EXCEEDED, st.STOPPED_CONDITION)
 FUNCTION_ERRORS = (None, "Unhandled", "Timeout")
 JSON = "application/json"
-# Reading a webhook's answer to its end lets the connection go back to the pool;
-# past this much the answer is dropped with its connection.
-WEBHOOK_DRAIN_BYTES = 64 * 1024
 # Queue names declared by this process (durable, so declared once); bounded.
 DECLARED_QUEUES_MAX = 4096
 
@@ -154,11 +150,12 @@ class Destinations:
         settings: Settings,
         connection: AbstractRobustConnection,
         submit: Submit | None,
+        webhooks: WebhookClient | None = None,
     ) -> None:
         self._settings = settings
         self._connection = connection
         self._submit = submit
-        self._http: httpx.AsyncClient | None = None
+        self._webhooks: WebhookClient = webhooks or AiohttpWebhooks(settings)
         self._channel: AbstractRobustChannel | None = None
         self._declared: OrderedDict[str, None] = OrderedDict()
 
@@ -170,23 +167,12 @@ class Destinations:
         return s.webhook_retry_attempts * per_attempt + self._backoff_total()
 
     async def start(self) -> None:
-        s = self._settings
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.webhook_timeout_s),
-            limits=httpx.Limits(
-                max_connections=s.webhook_max_connections,
-                max_keepalive_connections=min(20, s.webhook_max_connections),
-            ),
-            follow_redirects=False,
-            headers={"User-Agent": "fnhost"},
-        )
+        await self._webhooks.start()
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._channel = channel
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._webhooks.close()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -255,8 +241,6 @@ class Destinations:
     # -- one attempt per destination type -------------------------------------
 
     async def _post(self, url: str, body: bytes, task_id: str, condition: str) -> None:
-        if self._http is None:
-            raise RuntimeError("Destinations.start() first")
         headers = {
             "Content-Type": JSON,
             c.HTTP_DEST_TASK_ID: task_id,
@@ -264,20 +248,18 @@ class Destinations:
         }
         timeout = self._settings.webhook_timeout_s
         try:
-            # httpx limits each phase; this limits the whole answer (a slow drip too).
+            # The whole answer, from connecting to its last byte (a slow drip too).
             async with asyncio.timeout(timeout):
-                async with self._http.stream("POST", url, content=body, headers=headers) as response:
-                    await _drain(response)
-        except (TimeoutError, httpx.TimeoutException):
+                code, reason = await self._webhooks.post(url, body, headers)
+        except TimeoutError:
             raise _Failure(f"no answer within {timeout:g} s", retry=True) from None
-        except httpx.TransportError as exc:
-            raise _Failure(f"{type(exc).__name__}: {exc}", retry=True) from None
-        code = response.status_code
+        except WebhookError as exc:
+            raise _Failure(str(exc), retry=True) from None
         if 200 <= code < 300:
             return
         # Only a server error, throttling or a request timeout can go away on its own.
         retry = code >= 500 or code in (408, 429)
-        raise _Failure(f"HTTP {code} {response.reason_phrase}".rstrip(), retry=retry)
+        raise _Failure(f"HTTP {code} {reason}".rstrip(), retry=retry)
 
     async def _publish(self, queue: str, body: bytes, task_id: str, condition: str) -> None:
         channel = self._channel
@@ -333,14 +315,3 @@ class Destinations:
             raise _Failure(exc.message, retry=True) from None
         except FnhostError as exc:
             raise _Failure(exc.message, retry=False) from None
-
-
-async def _drain(response: httpx.Response) -> None:
-    """Read the answer up to WEBHOOK_DRAIN_BYTES (its content is not used)."""
-    read = 0
-    # aiter_raw is an async generator; closing it at once keeps no half-read stream about.
-    async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
-        async for chunk in chunks:
-            read += len(chunk)
-            if read > WEBHOOK_DRAIN_BYTES:
-                return
