@@ -180,7 +180,7 @@ async def _run_every_query(mongo: Mongo) -> None:
     }
     await tasks.transition(task_key(tenant, "resize", "job-014"), st.FAILED, when=None)
     await tasks.transition(task_key(tenant, "resize", "job-016"), st.FAILED, when=None)
-    for status in (st.ENQUEUED, st.FAILED):  # a failure status is read from its partial index
+    for status in (st.ENQUEUED, st.FAILED):
         filters["status"] = status
         for n in range(len(filters) + 1):
             for combo in itertools.combinations(filters, n):
