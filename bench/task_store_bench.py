@@ -12,9 +12,9 @@ times, through the HTTP API: GET /v1/tasks/{id} (without ?function=), the task
 list with each filter, the next page by cursor, stop and the bulk delete of a
 function's queued tasks; p50 and p99 of `--samples` calls each.
 
-With `--memory-tasks N` it also runs N no-op async tasks (task mode off) through the
-platform and reports the gateway's and the scheduler's resident memory after the
-first 10,000 and after all N.
+With `--memory-tasks N` it also runs N no-op async tasks (task mode off, sent by wrk)
+through the platform and reports the gateway's and the scheduler's resident memory
+after the first 10,000 and after all N have run.
 """
 
 from __future__ import annotations
@@ -208,21 +208,54 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_tasks(client: httpx.Client, name: str, n: int, connections: int = 16) -> None:
-    """n async invocations, `connections` at a time (threads), waiting for each 202."""
-    from concurrent.futures import ThreadPoolExecutor
+WRK_EVENT = """
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Invocation-Type"] = "Event"
+"""
 
-    def send(count: int) -> None:
-        with httpx.Client(base_url=str(client.base_url), headers=dict(client.headers), timeout=60) as c:
-            for _ in range(count):
-                r = c.post(f"/v1/functions/{name}/invocations", json={},
-                           headers={"X-Invocation-Type": "Event"})
-                if r.status_code != 202:
-                    raise SystemExit(f"submit: {r.status_code} {r.text[:200]}")
 
-    share = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(send, share))
+def run_tasks(client: httpx.Client, name: str, n: int, connections: int = 32) -> int:
+    """At least n async invocations with wrk (every answer must be 202); returns how many."""
+    import re
+    import subprocess
+    import tempfile
+
+    url = f"{str(client.base_url).rstrip('/')}/v1/functions/{name}/invocations"
+    auth = client.headers["authorization"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_EVENT)
+        script.flush()
+        done = 0
+        while done < n:
+            seconds = max(2, min(60, round((n - done) / 1500)))
+            out = subprocess.run(
+                ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script.name,
+                 "-H", f"Authorization: {auth}", url],
+                capture_output=True, text=True, check=True).stdout
+            sent = re.search(r"(\d+) requests in", out)
+            if sent is None or "Non-2xx" in out or "Socket errors" in out:
+                raise SystemExit(f"submitting with wrk failed:\n{out}")
+            done += int(sent.group(1))
+    return done
+
+
+def wait_idle(pid: int, quiet_share: float = 0.05, window_s: float = 2.0, timeout_s: float = 1800) -> None:
+    """Until the process uses under `quiet_share` of a core over `window_s` (it drained)."""
+    def ticks() -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = ticks()
+        time.sleep(window_s)
+        if (ticks() - before) / hz / window_s < quiet_share:
+            return
+    raise SystemExit(f"process {pid} still busy after {timeout_s:.0f} s")
 
 
 def main() -> None:
@@ -283,13 +316,18 @@ def memory_phase(platform: Any, clients: dict[str, httpx.Client], n: int) -> Non
     pids = {role: proc.pid for role, proc in platform.procs.items()}
     first = min(10_000, n)
     t0 = time.perf_counter()
-    run_tasks(client, "noop-notask", first)
+    sent = run_tasks(client, "noop-notask", first)
+    wait_idle(pids["scheduler"])
     rss_first = {role: rss_mb(pid) for role, pid in pids.items()}
-    run_tasks(client, "noop-notask", n - first)
+    print(f"  {sent:,} tasks run; resident memory {rss_first}", flush=True)
+    while sent < n:
+        sent += run_tasks(client, "noop-notask", min(100_000, n - sent))
+        print(f"  {sent:,} tasks sent ({sent / (time.perf_counter() - t0):,.0f}/s); "
+              f"{ {role: round(rss_mb(pid), 1) for role, pid in pids.items()} } MB", flush=True)
+    wait_idle(pids["scheduler"])
     took = time.perf_counter() - t0
-    time.sleep(5)
     rss_last = {role: rss_mb(pid) for role, pid in pids.items()}
-    print(f"\nResident memory after {first:,} and after {n:,} async tasks ({took:.0f} s):")
+    print(f"\nResident memory after {first:,} and after {sent:,} async tasks ({took:.0f} s):")
     for role in pids:
         print(f"  {role:<10} {rss_first[role]:7.1f} MB  {rss_last[role]:7.1f} MB  "
               f"{rss_last[role] / rss_first[role]:.2f}x")
