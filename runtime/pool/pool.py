@@ -468,7 +468,7 @@ class Pool:
             for container in select.not_running(list(self._containers.values()), running):
                 self._lost(container, "the engine does not run it")
             if not self._up.is_set():
-                log.info("the Docker engine is back; pool reconciled (%d containers)", len(found))
+                log.info("the Docker engine answers; pool reconciled (%d containers)", len(found))
             self._engine_error = None
             self._up.set()
             self._refill.set()
