@@ -11,7 +11,6 @@ what such events would have told them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +23,7 @@ from runtime import constants as c
 from runtime.broker import topology
 from runtime.broker.publisher import BROKER_ERRORS
 from runtime.errors import Unavailable
+from runtime.later import RetryLater
 
 log = logging.getLogger(__name__)
 # A control event is small and unconfirmed: longer than this means the broker is gone.
@@ -43,8 +43,9 @@ class ControlBus:
         self._cluster = cluster
         self._handlers: list[Handler] = []
         self._exchange: AbstractExchange | None = None
-        self._later: list[tuple[str, dict[str, Any]]] = []
-        self._sending_later: asyncio.Task[None] | None = None
+        self._later: RetryLater[tuple[str, dict[str, Any]]] = RetryLater(
+            "control events", self._publish_item, (Unavailable,), LATER_RETRY_S, MAX_LATER
+        )
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -80,32 +81,17 @@ class ControlBus:
         try:
             await self.publish(kind, **fields)
         except Unavailable as exc:
-            if len(self._later) >= MAX_LATER:
+            if self._later.add((kind, fields)):
+                log.warning("control event %s not sent (%s): sending it when the broker is back", kind, exc)
+            else:
                 log.error("control event %s dropped (%d wait already): %s", kind, len(self._later), exc)
-                return
-            log.warning("control event %s not sent (%s): sending it when the broker is back", kind, exc)
-            self._later.append((kind, fields))
-            if self._sending_later is None or self._sending_later.done():
-                self._sending_later = asyncio.create_task(self._send_later(), name="control-later")
 
-    async def _send_later(self) -> None:
-        while self._later:
-            await asyncio.sleep(LATER_RETRY_S)
-            while self._later:
-                kind, fields = self._later[0]
-                try:
-                    await self.publish(kind, **fields)
-                except Unavailable:
-                    break
-                self._later.pop(0)
+    async def _publish_item(self, item: tuple[str, dict[str, Any]]) -> None:
+        kind, fields = item
+        await self.publish(kind, **fields)
 
     async def close(self) -> None:
-        if self._later:
-            log.warning("%d control events not sent at shutdown", len(self._later))
-        if self._sending_later is not None:
-            self._sending_later.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sending_later
+        await self._later.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -12,8 +12,6 @@ be reached for that undo either, it is retried in the background until it is.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
 
 from runtime import constants as c
 from runtime.broker.publisher import InvokePublisher
+from runtime.later import RetryLater
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
 from runtime.store.timers import DELAY, TimerStore
@@ -71,8 +70,10 @@ class Submitter:
         self._tasks = tasks
         self._timers = timers
         self._publisher = publisher
-        self._undos: set[tuple[str, str, str]] = set()
-        self._undoing: asyncio.Task[None] | None = None
+        self._undos: RetryLater[tuple[str, str, str]] = RetryLater(
+            "taking back task records", self._forget, (ConnectionFailure,), UNDO_RETRY_S,
+            MAX_PENDING_UNDOS,
+        )
 
     async def submit(self, sub: Submission) -> Accepted:
         record = sub.record
@@ -125,7 +126,7 @@ class Submitter:
         error: ConnectionFailure | None = None
         for _ in range(2):
             try:
-                await self._tasks.forget(*key)
+                await self._forget(key)
                 return
             except ServerSelectionTimeoutError as exc:
                 error = exc
@@ -135,33 +136,16 @@ class Submitter:
             except Exception:
                 log.exception("taking back task %s failed: it stays Enqueued", key)
                 return
-        if len(self._undos) >= MAX_PENDING_UNDOS:
+        if not self._undos.add(key):
             log.error("cannot take back task %s (the database is unreachable: %s) and %d "
                       "undoes already wait: it stays Enqueued", key, error, len(self._undos))
             return
         log.warning("cannot take back task %s yet (the database is unreachable: %s): "
                     "retrying in the background", key, error)
-        self._undos.add(key)
-        if self._undoing is None or self._undoing.done():
-            self._undoing = asyncio.create_task(self._undo_pending(), name="submit-undo")
 
-    async def _undo_pending(self) -> None:
-        while self._undos:
-            await asyncio.sleep(UNDO_RETRY_S)
-            for key in list(self._undos):
-                try:
-                    await self._tasks.forget(*key)
-                except ConnectionFailure:
-                    break  # still unreachable: all of them wait for the next round
-                except Exception:
-                    log.exception("taking back task %s failed; giving up on it", key)
-                self._undos.discard(key)
+    async def _forget(self, key: tuple[str, str, str]) -> None:
+        await self._tasks.forget(*key)
 
     async def close(self) -> None:
         """Stop retrying undoes (those left keep their Enqueued record)."""
-        if self._undos:
-            log.warning("%d task records not taken back at shutdown", len(self._undos))
-        if self._undoing is not None:
-            self._undoing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._undoing
+        await self._undos.close()

@@ -55,5 +55,26 @@ async def test_close_stops_the_retries(bus: ControlBus) -> None:
     bus._exchange = exchange = FlakyExchange(10**6)  # type: ignore[assignment]
     await bus.publish_or_later("function", tenant="t", name="a")
     await bus.close()
-    assert bus._sending_later is not None and bus._sending_later.done()
+    assert not bus._later.running
     assert exchange.sent == []
+
+
+async def test_retry_later_drops_an_item_that_fails_for_another_reason() -> None:
+    """Only the transient error keeps an item waiting; another one is logged and dropped."""
+    from runtime.later import RetryLater
+
+    done: list[str] = []
+
+    async def attempt(item: str) -> None:
+        if item == "broken":
+            raise ValueError("not an outage")
+        done.append(item)
+
+    later: RetryLater[str] = RetryLater("test", attempt, (ConnectionError,), 0.01, limit=2)
+    assert later.add("broken") and later.add("fine")
+    assert not later.add("third"), "over the limit"
+    for _ in range(200):
+        if not later.running:
+            break
+        await asyncio.sleep(0.01)
+    assert done == ["fine"] and len(later) == 0
