@@ -36,8 +36,8 @@ BULK_KEYS = 1000
 
 
 def task_key(tenant: str, function: str, task_id: str) -> str:
-    # Tenant, then task id: a task is found by id with a range scan of the
-    # _id index alone (no secondary index to maintain on every insert).
+    # Unique per (tenant, function, task id); a task is found by id through `_id`
+    # point lookups, one per function of the tenant (no secondary index on ids).
     return f"{tenant}/{task_id}/{function}"
 
 
@@ -306,11 +306,10 @@ class TaskStore:
         query: dict[str, Any] = {"tenant": tenant}
         if function:
             query["function"] = function
-        check: dict[str, str] = {} if status is None else {"status": status}  # on the candidates
-        residual = bool(check) or prefix is not None
+        residual = status is not None or prefix is not None  # applied to the candidates
         projection: dict[str, int]
         if residual:
-            projection = {"_id": 1, "created_at": 1, "status": 1, "task_id": 1, "function": 1}
+            projection = {"_id": 1, "created_at": 1, "status": 1, "task_id": 1}
         else:
             projection = {"payload": 0, "logs": 0, "result": 0}
         upper, upper_inclusive = (cursor[0], True) if cursor is not None else (until, False)
@@ -333,8 +332,6 @@ class TaskStore:
                 # `$lte t` as `$lt t + 1 ms` (BSON dates are whole milliseconds): on a
                 # compound index the embedded server reads `$lte` as `$lt`.
                 created["$lt"] = upper + MILLISECOND if upper_inclusive else upper
-            if not created:
-                created["$lt"] = top + timedelta(days=36500)  # a range, never a bare tenant scan
             found = self._tasks.find({**query, "created_at": created}, projection).sort(
                 [("created_at", DESCENDING), ("_id", DESCENDING)]
             )
@@ -344,7 +341,7 @@ class TaskStore:
             for doc in await found.to_list(None):
                 if ties is not None and doc["created_at"] == ties[0] and doc["_id"] >= ties[1]:
                     continue
-                if any(doc.get(field) != value for field, value in check.items()):
+                if status is not None and doc.get("status") != status:
                     continue
                 if prefix is not None and not str(doc.get("task_id", "")).startswith(prefix):
                     continue
@@ -366,34 +363,31 @@ class TaskStore:
             page = [full[key] for key in wanted if key in full]
         return page
 
-    async def _function_task_keys(
+    async def _function_task_batches(
         self, tenant: str, function: str, when: frozenset[str]
-    ) -> builtins.list[str]:
-        """The `_id`s of a function's tasks whose status is in `when` (by its index)."""
+    ) -> builtins.list[dict[str, Any]]:
+        """Filters of at most BULK_KEYS of a function's tasks whose status is in `when`,
+        by `_id` (found through the function's index), the status checked again."""
         found = self._tasks.find({"tenant": tenant, "function": function}, {"status": 1})
-        return [d["_id"] async for d in found if d.get("status") in when]
+        keys = [d["_id"] async for d in found if d.get("status") in when]
+        return [
+            {"_id": {"$in": keys[start : start + BULK_KEYS]}, "status": {"$in": sorted(when)}}
+            for start in range(0, len(keys), BULK_KEYS)
+        ]
 
     async def delete_function_tasks(self, tenant: str, function: str, when: frozenset[str]) -> int:
         deleted = 0
-        keys = await self._function_task_keys(tenant, function, when)
-        for start in range(0, len(keys), BULK_KEYS):
-            result = await self._tasks.delete_many(
-                {"_id": {"$in": keys[start : start + BULK_KEYS]}, "status": {"$in": sorted(when)}}
-            )
-            deleted += int(result.deleted_count)
+        for query in await self._function_task_batches(tenant, function, when):
+            deleted += int((await self._tasks.delete_many(query)).deleted_count)
         return deleted
 
     async def mark_function_tasks(self, tenant: str, function: str, when: frozenset[str], to: str) -> int:
         """Bulk status change of a function's tasks (delete -> Invalid; batch stop)."""
         at = now()
+        update = _status_update(to, [(to, at)], updated_at=at)
         marked = 0
-        keys = await self._function_task_keys(tenant, function, when)
-        for start in range(0, len(keys), BULK_KEYS):
-            result = await self._tasks.update_many(
-                {"_id": {"$in": keys[start : start + BULK_KEYS]}, "status": {"$in": sorted(when)}},
-                _status_update(to, [(to, at)], updated_at=at),
-            )
-            marked += int(result.modified_count)
+        for query in await self._function_task_batches(tenant, function, when):
+            marked += int((await self._tasks.update_many(query, update)).modified_count)
         return marked
 
 
