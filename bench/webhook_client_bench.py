@@ -43,6 +43,7 @@ from runtime.destinations import Destinations, build_record  # noqa: E402
 from runtime.models import WebhookDestination  # noqa: E402
 from runtime.settings import Settings, load_settings  # noqa: E402
 from runtime.webhooks import WEBHOOK_DRAIN_BYTES, AiohttpWebhooks, WebhookError  # noqa: E402
+from tests.harness import NoBroker  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,18 +94,6 @@ class HttpxWebhooks:
 CLIENTS = {"httpx": HttpxWebhooks, "aiohttp": AiohttpWebhooks}
 
 
-class _Channel:
-    async def close(self) -> None:
-        return None
-
-
-class _NoBroker:
-    """Destinations opens a confirm channel at start; webhooks never use it."""
-
-    async def channel(self, **_: Any) -> _Channel:
-        return _Channel()
-
-
 def cpu_of(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -142,7 +131,7 @@ async def one_round(
     name: str, settings: Settings, url: str, receiver: int, posts: int, concurrency: int,
     profiler: Any = None,
 ) -> dict[str, float]:
-    d = Destinations(settings, cast(Any, _NoBroker()), None, CLIENTS[name](settings))
+    d = Destinations(settings, cast(Any, NoBroker()), None, CLIENTS[name](settings))
     await d.start()
     try:
         # Connections opened and warm before the clock starts: the steady state is measured.

@@ -195,6 +195,18 @@ class Platform:
         return client
 
 
+class NoBroker:
+    """A broker connection for `Destinations` used only with webhooks: it opens a
+    confirm channel at start, which webhook deliveries never use."""
+
+    class _Channel:
+        async def close(self) -> None:
+            return None
+
+    async def channel(self, **_: Any) -> NoBroker._Channel:
+        return NoBroker._Channel()
+
+
 def zip_dir(folder: Path | str, extra: dict[str, str | bytes] | None = None) -> bytes:
     """Zip a function folder (files at the zip's root), plus extra entries."""
     folder = FUNCTIONS / folder if isinstance(folder, str) else folder

@@ -16,6 +16,7 @@ from runtime.destinations import Destinations, build_record
 from runtime.models import WebhookDestination
 from runtime.settings import Settings, load_settings
 from runtime.webhooks import WEBHOOK_DRAIN_BYTES
+from tests.harness import NoBroker
 
 TIMEOUT_S = 0.5
 ATTEMPTS = 3
@@ -95,18 +96,6 @@ async def keep_answering(conn: Conn) -> None:
         await conn.answer(body=b"thanks")
 
 
-class _Channel:
-    async def close(self) -> None:
-        return None
-
-
-class _NoBroker:
-    """Destinations opens a confirm channel at start; webhooks never use it."""
-
-    async def channel(self, **_: Any) -> _Channel:
-        return _Channel()
-
-
 def make_settings(**overrides: Any) -> Settings:
     return load_settings(
         webhook_timeout_s=TIMEOUT_S, webhook_retry_attempts=ATTEMPTS, webhook_backoff_s=BACKOFF_S,
@@ -116,7 +105,7 @@ def make_settings(**overrides: Any) -> Settings:
 
 @pytest.fixture
 async def destinations() -> AsyncIterator[Destinations]:
-    d = Destinations(make_settings(), cast(Any, _NoBroker()), None)
+    d = Destinations(make_settings(), cast(Any, NoBroker()), None)
     await d.start()
     yield d
     await d.close()
@@ -160,7 +149,7 @@ async def test_the_pool_is_bounded_by_max_connections() -> None:
             await conn.answer()
 
     server = await serving(slow)
-    d = Destinations(make_settings(webhook_max_connections=2), cast(Any, _NoBroker()), None)
+    d = Destinations(make_settings(webhook_max_connections=2), cast(Any, NoBroker()), None)
     await d.start()
     try:
         deliveries = await asyncio.gather(*(d.deliver("t1", hook(server), a_record(n)) for n in range(8)))
