@@ -12,12 +12,15 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from runtime import embedded_mongo
-from tests.harness import AMQP_URL, _rabbitmqctl, free_port, wait_port
+from tests.harness import AMQP_URL, _rabbitmqctl, free_port, submit_event, wait_port
 
 BROKER_START_S = 120.0
 
@@ -127,3 +130,13 @@ class BrokerUser:
     def delete(self) -> None:
         with contextlib.suppress(RuntimeError):
             rabbitmqctl("delete_user", self.name)
+
+
+def submit_when_back(client: httpx.Client, function: str, task_id: str, timeout: float = 60) -> None:
+    """Submit `task_id` until the outage is over (503 meanwhile): it must be accepted,
+    so no record of the refused submissions held the id."""
+    deadline = time.monotonic() + timeout
+    while (r := submit_event(client, function, {}, headers={"X-Task-Id": task_id})).status_code == 503:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.3)
+    assert r.status_code == 202, r.text
