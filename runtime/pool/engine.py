@@ -194,12 +194,6 @@ class DockerEngine:
             for item in found
         ]
 
-    async def list_owned(self) -> list[str]:
-        """Ids of containers left by an earlier run of this scheduler."""
-        filters = {"label": [f"{c.LABEL_SCHEDULER}={self._settings.scheduler_id}"]}
-        found = await self._call(self.client.api.containers, all=True, filters=filters)
-        return [str(item["Id"]) for item in found]
-
     async def image_present(self) -> bool:
         try:
             await self._call(self.client.api.inspect_image, self._settings.runtime_image)

@@ -120,8 +120,8 @@ class Pool:
 
     async def start(self) -> None:
         self._check_socket_path()
-        for docker_id in await self._engine.list_owned():
-            await self._engine.remove(docker_id)
+        for left in await self._engine.owned():  # by an earlier run of this scheduler
+            await self._engine.remove(left.docker_id)
         if self._cells_root.exists():
             await asyncio.to_thread(shutil.rmtree, self._cells_root, True)
         self._cells_root.mkdir(parents=True, exist_ok=True)
