@@ -47,6 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import httpx
+from common import log, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -73,21 +74,12 @@ CELERY_VARIANTS: dict[str, dict[str, Any]] = {
 PEERS = {"notask": "rpc", "task": "mongodb-started"}
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def zip_folder(folder: Path) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.write(folder / "main.py", "main.py")
         zf.write(folder / "fnhost.json", "fnhost.json")
     return buf.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 # -- CPU time per task -----------------------------------------------------------

@@ -9,6 +9,11 @@ from starlette.responses import Response
 INVOCATIONS = Counter(
     "fnhost_invocations_total", "Invocations answered by the gateway", ["type", "outcome"]
 )
+# 429s of the gateway's flow control: reason `backlog` (back-pressure on async
+# submissions) or `rate` (a function's max_rate).
+THROTTLED = Counter(
+    "fnhost_throttled_total", "Invocations refused with 429 by flow control", ["tenant", "reason"]
+)
 INVOKE_SECONDS = Histogram(
     "fnhost_sync_invoke_seconds",
     "Time from sending a sync invocation to the scheduler to its reply",

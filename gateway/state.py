@@ -8,15 +8,21 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
 
+from gateway.backlog import BacklogMonitor
+from gateway.cluster_metrics import CLUSTER
+from gateway.throttle import RateLimiter
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
+from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
 from runtime.cache import FunctionCache
+from runtime.flow.backpressure import Backpressure
 from runtime.hop import HopClient, HopProbe
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
+from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore, hash_key
 from runtime.store.timers import TimerStore
@@ -50,6 +56,12 @@ class Services:
         self.cache = FunctionCache(self.functions)
         self.keys = KeyCache()
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
+        CLUSTER.membership = self.membership  # the schedulers' metrics, from their heartbeats
+        # Flow control on the invoke path (gateway/throttle.py).
+        self.rate_limiter = RateLimiter(RateStore(self.mongo))
+        self.backpressure = Backpressure(
+            settings.backlog_messages, settings.backlog_age_s, settings.backlog_poll_s
+        )
         self.connection: AbstractRobustConnection | None = None
 
     async def start(self) -> None:
@@ -64,11 +76,16 @@ class Services:
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)
         await self.control.start()
+        self.publisher.on_published = WorkHints(self.control, hint_interval(self.settings)).note
         self.hop = HopClient(self.settings.cluster_token)
         self.hop_probe = HopProbe(self.membership, self.hop, self.settings.heartbeat_s)
         self.hop_probe.start()
+        self.backlog = BacklogMonitor(self.connection, self.backpressure, self.settings.backlog_poll_s)
+        self.backlog.start()
 
     async def stop(self) -> None:
+        if hasattr(self, "backlog"):
+            await self.backlog.close()
         if hasattr(self, "hop_probe"):
             self.hop_probe.close()
         if hasattr(self, "hop"):

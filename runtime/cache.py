@@ -53,6 +53,8 @@ class FunctionCache:
     def on_control(self, event: dict[str, Any]) -> None:
         if event.get("kind") == c.CTL_FUNCTION:
             self.invalidate(str(event["tenant"]), str(event["name"]))
+        elif event.get("kind") == c.CTL_ROUTE:
+            self.invalidate(str(event["tenant"]), str(event["function"]))
         elif event.get("kind") == c.CTL_RESYNC:
             # Back from a broker outage: invalidations may have been missed.
             self._generation += 1

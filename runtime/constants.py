@@ -17,10 +17,26 @@ def tenant_queue(tenant_id: str) -> str:
     return f"fnhost.t.{tenant_id}"
 
 
+def function_queue(tenant_id: str, function: str) -> str:
+    """A function's dedicated queue (promoted or pinned). Tenant ids hold no dot."""
+    return f"fnhost.f.{tenant_id}.{function}"
+
+
+def function_route(tenant_id: str, function: str) -> str:
+    """The routing key of a function's dedicated queue on the invoke exchange."""
+    return f"f.{tenant_id}.{function}"
+
+
 # Control message kinds.
 CTL_FUNCTION = "function"  # a function changed or was deleted
 CTL_HEARTBEAT = "heartbeat"  # a scheduler is alive
 CTL_SCHEDULER_DOWN = "scheduler-down"
+# A function moved between its tenant's queue and a dedicated queue of its own.
+CTL_ROUTE = "route"
+# A queue with a sustained backlog is consumed by more schedulers (or back to the default).
+CTL_PARTITIONS = "partitions"
+# A tenant's queue has work: its owners consume it (they stop once it is idle).
+CTL_WORK = "work"
 
 # AMQP headers on an invocation message.
 H_TENANT = "tenant"

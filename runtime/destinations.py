@@ -122,7 +122,8 @@ class Delivery:
 
     type: str
     target: str
-    status: Literal["delivered", "failed"]
+    # pending: handed to the outbox (runtime/outbox.py), which updates it when done
+    status: Literal["delivered", "failed", "pending"]
     attempts: int
     error: str | None
     duration_ms: float
@@ -131,6 +132,15 @@ class Delivery:
         out = asdict(self)
         out["duration_ms"] = round(self.duration_ms, 3)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """The outcome of one attempt: `error` None when delivered; `retry` whether another
+    attempt may do better."""
+
+    error: str | None
+    retry: bool = False
 
 
 class _Failure(Exception):
@@ -162,9 +172,31 @@ class Destinations:
     @property
     def max_delivery_s(self) -> float:
         """The longest one delivery can take: every attempt times out, every backoff waited."""
+        return self.max_attempts * self.attempt_timeout_s + self._backoff_total()
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts in all for one record (FNHOST_WEBHOOK_RETRY_ATTEMPTS)."""
+        return self._settings.webhook_retry_attempts
+
+    @property
+    def attempt_timeout_s(self) -> float:
+        """The longest one attempt can take, whatever the destination's type."""
         s = self._settings
-        per_attempt = max(s.webhook_timeout_s, s.destination_publish_timeout_s)
-        return s.webhook_retry_attempts * per_attempt + self._backoff_total()
+        return max(s.webhook_timeout_s, s.destination_publish_timeout_s)
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait before attempt `attempt` (2, 3, ...): FNHOST_WEBHOOK_BACKOFF_S, doubled
+        after each attempt."""
+        return self._settings.webhook_backoff_s * (1 << max(0, attempt - 2))
+
+    def target(self, tenant_id: str, destination: Target) -> str:
+        """What a record is delivered to: the URL, the queue's full name or the function."""
+        if isinstance(destination, WebhookDestination):
+            return destination.url
+        if isinstance(destination, QueueDestination):
+            return c.destination_queue(tenant_id, destination.name)
+        return destination.name
 
     async def start(self) -> None:
         await self._webhooks.start()
@@ -178,9 +210,14 @@ class Destinations:
             self._channel = None
 
     async def deliver(self, tenant_id: str, destination: Target, record: dict[str, Any]) -> Delivery:
-        """Deliver one record; never raises for a delivery that fails, it reports it."""
+        """Deliver one record, every attempt of the policy inline; never raises for a
+        delivery that fails, it reports it. (A scheduler tries once inline and leaves
+        the rest to its outbox: runtime/outbox.py.)"""
         started = time.monotonic()
-        target, attempt = self._plan(tenant_id, destination, record)
+        context = record["requestContext"]
+        target, attempt = self._plan(
+            tenant_id, destination, orjson.dumps(record), str(context["taskId"]), str(context["condition"])
+        )
         attempts, error = await self._attempt(attempt)
         delivery = Delivery(
             type=destination.type,
@@ -198,45 +235,58 @@ class Destinations:
             )
         return delivery
 
+    async def try_once(
+        self, tenant_id: str, destination: Target, body: bytes, task_id: str, condition: str,
+        deadline_s: float | None = None,
+    ) -> Tried:
+        """One attempt of the record `body`, bounded by its own timeout and by `deadline_s`
+        when given. A function destination is never cut short by `deadline_s`: its submit
+        may have been accepted all the same, and submitting again could run it twice."""
+        _, attempt = self._plan(tenant_id, destination, body, task_id, condition)
+        if deadline_s is None or isinstance(destination, FunctionDestination):
+            return await self._once(attempt)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._once(attempt)
+        except TimeoutError:
+            return Tried(f"no answer within {deadline_s:g} s", retry=True)
+
     def _plan(
-        self, tenant_id: str, destination: Target, record: dict[str, Any]
+        self, tenant_id: str, destination: Target, body: bytes, task_id: str, condition: str
     ) -> tuple[str, Callable[[], Awaitable[None]]]:
         """What to deliver to, and one attempt of it."""
-        body = orjson.dumps(record)
-        context = record["requestContext"]
-        task_id, condition = str(context["taskId"]), str(context["condition"])
+        target = self.target(tenant_id, destination)
         if isinstance(destination, WebhookDestination):
-            url = destination.url
-            return url, lambda: self._post(url, body, task_id, condition)
+            return target, lambda: self._post(target, body, task_id, condition)
         if isinstance(destination, QueueDestination):
-            queue = c.destination_queue(tenant_id, destination.name)
-            return queue, lambda: self._publish(queue, body, task_id, condition)
-        name = destination.name
-        return name, lambda: self._invoke(tenant_id, name, body)
+            return target, lambda: self._publish(target, body, task_id, condition)
+        return target, lambda: self._invoke(tenant_id, target, body)
 
     async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> tuple[int, str | None]:
         """Run `attempt` until it succeeds, fails for good or the attempts run out
         (each attempt bounds itself); returns the attempts made and the last error."""
-        s = self._settings
         error: str | None = None
-        for n in range(1, s.webhook_retry_attempts + 1):
+        for n in range(1, self.max_attempts + 1):
             if n > 1:
-                await asyncio.sleep(s.webhook_backoff_s * (1 << (n - 2)))
-            try:
-                await attempt()
-                return n, None
-            except _Failure as exc:
-                error = exc.message
-                if not exc.retry:
-                    return n, error
-            except Exception as exc:  # a bug must fail the delivery, not the task
-                log.exception("destination delivery raised")
-                return n, f"{type(exc).__name__}: {exc}"
-        return s.webhook_retry_attempts, error
+                await asyncio.sleep(self.backoff_s(n))
+            tried = await self._once(attempt)
+            if tried.error is None or not tried.retry:
+                return n, tried.error
+            error = tried.error
+        return self.max_attempts, error
+
+    async def _once(self, attempt: Callable[[], Awaitable[None]]) -> Tried:
+        try:
+            await attempt()
+            return Tried(None)
+        except _Failure as exc:
+            return Tried(exc.message, retry=exc.retry)
+        except Exception as exc:  # a bug must fail the delivery, not the task
+            log.exception("destination delivery raised")
+            return Tried(f"{type(exc).__name__}: {exc}")
 
     def _backoff_total(self) -> float:
-        s = self._settings
-        return sum(s.webhook_backoff_s * (1 << k) for k in range(s.webhook_retry_attempts - 1))
+        return sum(self.backoff_s(n) for n in range(2, self.max_attempts + 1))
 
     # -- one attempt per destination type -------------------------------------
 

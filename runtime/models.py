@@ -62,6 +62,8 @@ class FunctionConfig(_Strict):
     async_: Annotated[AsyncConfig, Field(alias="async")] = Field(default_factory=AsyncConfig)
     dedicated_queue: bool = False
     paused: bool = False
+    # Invocations per second, across every gateway (None: unlimited); over it, 429.
+    max_rate: Annotated[float, Field(gt=0, le=100000)] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -82,7 +84,7 @@ class FunctionConfig(_Strict):
 
 CONFIG_KEYS = frozenset(
     {"handler", "runtime", "memory_mb", "timeout_s", "max_concurrency", "env", "async",
-     "dedicated_queue", "paused"}
+     "dedicated_queue", "paused", "max_rate"}
 )
 # Manifest-only keys: a cloudpickled callable and the Python that pickled it.
 MANIFEST_EXTRA_KEYS = frozenset({"pickle", "python"})

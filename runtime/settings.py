@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1 << 20
@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     container_pids: Annotated[int, Field(ge=16, le=65536)] = 256
     container_tmpfs_mb: Annotated[int, Field(ge=1, le=65536)] = 64
     stem_memory_mb: Annotated[int, Field(ge=64, le=16384)] = 128
+    # FNHOST_STEM_CELLS_MIN, FNHOST_STEM_CELLS_MAX: the stem pool sizes itself between
+    # these (FNHOST_STEM_CELLS is where it starts; 0 turns stem cells off): it grows on
+    # cold starts and shrinks by one cell per FNHOST_STEM_CELLS_IDLE_S without a claim.
+    stem_cells_min: Annotated[int, Field(ge=0, le=256)] = 1
+    stem_cells_max: Annotated[int, Field(ge=0, le=256)] = 8
+    stem_cells_idle_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # FNHOST_HOST_MEMORY_MB: the memory limits of a scheduler's live containers (stem
+    # cells included) add up to at most this; 0: 75 % of the host's memory.
+    host_memory_mb: Annotated[int, Field(ge=0, le=1 << 30)] = 0
+    # FNHOST_SLOW_START_MS: a lease whose Docker engine calls (container start, memory
+    # resize) took longer is marked slow, a sign of a host under pressure.
+    slow_start_ms: Annotated[float, Field(gt=0, le=600_000)] = 1000.0
     container_start_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
     docker_threads: Annotated[int, Field(ge=1, le=256)] = 8
     sync_concurrency: Annotated[int, Field(ge=1, le=100000)] = 1024
@@ -84,6 +96,20 @@ class Settings(BaseSettings):
     # FNHOST_DESTINATION_PUBLISH_TIMEOUT_S: limit of one publish to a queue destination
     # (until the broker confirms it) and of one submit to a function destination.
     destination_publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # FNHOST_DESTINATION_INLINE_S: a finished task's record gets one attempt of at most
+    # this long before its queue message is acknowledged (a function destination's
+    # submit keeps its own limit); if it fails or runs out, the outbox delivers it later.
+    destination_inline_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # FNHOST_DESTINATION_CIRCUIT_S: after an attempt to a destination failed or timed
+    # out, its next records skip the inline attempt for this long: straight to the outbox.
+    destination_circuit_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # FNHOST_DESTINATION_SLOW_S: while an inline attempt to a destination has waited this
+    # long, its next records skip the inline attempt too (they would likely wait as long).
+    destination_slow_s: Annotated[float, Field(gt=0, le=60)] = 0.25
+    # FNHOST_OUTBOX_CONCURRENCY: outbox attempts in flight at once on one scheduler.
+    outbox_concurrency: Annotated[int, Field(ge=1, le=10000)] = 32
+    # FNHOST_OUTBOX_PER_DESTINATION: of those, to one destination (a dead one cannot take all).
+    outbox_per_destination: Annotated[int, Field(ge=1, le=10000)] = 8
 
     # Asynchronous tasks.
     task_retention_s: Annotated[float, Field(ge=60)] = 7 * 86400
@@ -92,12 +118,48 @@ class Settings(BaseSettings):
     async_prefetch: Annotated[int, Field(ge=1, le=10000)] = 64
     timer_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     queue_owners: Annotated[int, Field(ge=1, le=64)] = 2
+    # FNHOST_QUEUE_OWNERS_MAX, FNHOST_PARTITION_BACKLOG, FNHOST_PARTITION_AFTER_S: a queue
+    # with at least PARTITION_BACKLOG messages waiting for PARTITION_AFTER_S gets one more
+    # consuming scheduler, up to QUEUE_OWNERS_MAX; empty for as long, back to QUEUE_OWNERS.
+    queue_owners_max: Annotated[int, Field(ge=1, le=256)] = 8
+    # FNHOST_QUEUE_IDLE_S: an owner stops consuming a tenant's queue after this long
+    # with no message and no work hint; FNHOST_QUEUE_SWEEP_S: how often it reads the
+    # depth of the owned queues it does not consume (the backstop of the hints).
+    queue_idle_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    queue_sweep_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    partition_backlog: Annotated[int, Field(ge=1)] = 1000
+    partition_after_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # FNHOST_SHUTDOWN_GRACE_S: on SIGTERM a scheduler takes no new task and waits this
     # long for the ones in hand; those still running then go back to their queue.
     shutdown_grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # FNHOST_RUNNING_WRITE_DELAY_S: a task's Running status is written once it has run
     # this long; a shorter task's Processed and Running go with its outcome, one write.
     running_write_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.2
+    # Back-pressure on async submissions (runtime/flow/backpressure.py).
+    # FNHOST_BACKLOG_MESSAGES, FNHOST_BACKLOG_AGE_S: a queue (a tenant's, or a function's
+    # own) with more messages waiting than this, or whose oldest waiting message is
+    # estimated older than this, is past its threshold: new async submissions to it get
+    # 429, the likelier the larger their producer's share of the backlog.
+    backlog_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 5000
+    backlog_age_s: Annotated[float, Field(gt=0, le=604800)] = 300.0
+    # FNHOST_BACKLOG_POLL_S: how often a gateway reads the depth of the queues it
+    # submitted to lately (a passive declare each, off the request path).
+    backlog_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+
+    # Dedicated-queue promotion: a function that holds up its tenant's queue gets a
+    # queue of its own (see runtime/scheduler/flow.py for the signals).
+    # FNHOST_PROMOTE_WAITING, FNHOST_PROMOTE_WAIT_S: promoted when this many of its
+    # messages wait behind its dispatch window, or the oldest has waited this long.
+    promote_waiting: Annotated[int, Field(ge=1, le=10000)] = 8
+    promote_wait_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # FNHOST_PROMOTE_INFLIGHT, FNHOST_PROMOTE_SHARE: promoted when it holds this many of
+    # its tenant's messages in hand and this share of them (or of the tenant's recent
+    # run time) while another function of the tenant is active.
+    promote_inflight: Annotated[int, Field(ge=1, le=100000)] = 16
+    promote_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # FNHOST_DEMOTE_AFTER_S: a promoted function idle this long with its queue empty
+    # goes back to its tenant's queue, and its queue is deleted.
+    demote_after_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
     @field_validator("bind", "scheduler_bind")
     @classmethod
@@ -105,6 +167,14 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
+        return value
+
+    @field_validator("stem_cells_max")
+    @classmethod
+    def _check_stem_cells_max(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("stem_cells_min")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least FNHOST_STEM_CELLS_MIN ({minimum})")
         return value
 
     @field_validator("amqp_url")

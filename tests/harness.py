@@ -88,6 +88,7 @@ class Platform:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="fnhost-test-data-"))
         self.scheduler_id = "test-" + secrets.token_hex(4)
+        self.scheduler_ids = [self.scheduler_id]
         self.env = {
             **os.environ,
             "FNHOST_BIND": f"127.0.0.1:{self.port}",
@@ -105,16 +106,29 @@ class Platform:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
-    def start_role(self, role: str) -> subprocess.Popen[bytes]:
-        log_path = self.data_dir / f"{role}.log"
-        self.logs[role] = log_path
+    def start_role(self, role: str, name: str | None = None, **settings: Any) -> subprocess.Popen[bytes]:
+        """Start `fnhost <role>`; `name` (default: the role) names its process and log,
+        and `settings` are FNHOST_* settings of its own."""
+        name = name or role
+        log_path = self.data_dir / f"{name}.log"
+        self.logs[name] = log_path
+        env = {**self.env, **{f"FNHOST_{k.upper()}": str(v) for k, v in settings.items()}}
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runtime.cli", role],
-                env=self.env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
             )
-        self.procs[role] = proc
+        self.procs[name] = proc
         return proc
+
+    def start_scheduler(self, scheduler_id: str) -> subprocess.Popen[bytes]:
+        """Another scheduler of this platform, with an id (and data folder) of its own."""
+        data_dir = self.data_dir / scheduler_id
+        data_dir.mkdir(exist_ok=True)
+        self.scheduler_ids.append(scheduler_id)
+        return self.start_role(
+            "scheduler", scheduler_id, scheduler_id=scheduler_id, data_dir=data_dir
+        )
 
     def stop_role(self, role: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(role, None)
@@ -157,8 +171,8 @@ class Platform:
         return "\n".join(out)
 
     def stop(self) -> None:
-        for role in ("gateway", "scheduler"):
-            self.stop_role(role)
+        for name in ["gateway", *self.procs]:
+            self.stop_role(name)
         self.remove_containers()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -168,9 +182,11 @@ class Platform:
 
         client = docker.from_env()
         try:
-            found = client.containers.list(
-                all=True, filters={"label": f"fnhost.scheduler={self.scheduler_id}"}
-            )
+            found = []
+            for scheduler_id in self.scheduler_ids:
+                found += client.containers.list(
+                    all=True, filters={"label": f"fnhost.scheduler={scheduler_id}"}
+                )
             for container in found:
                 container.remove(force=True)
             return len(found)
@@ -587,3 +603,44 @@ def read_queue(amqp_url: str, queue: str, count: int = 1, timeout: float = 15.0
             raise AssertionError(f"queue {queue}: the broker did not answer in {timeout + 15} s") from None
 
     return asyncio.run(bounded())
+
+
+def eventually(check: Any, timeout: float, what: str) -> Any:
+    """Call `check` until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
+def queue_state(amqp_url: str, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a RabbitMQ queue; None while it does not exist."""
+    import asyncio
+
+    import aio_pika
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    async def read() -> tuple[int, int] | None:
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return None
+            result = declared.declaration_result
+            return int(result.message_count or 0), int(result.consumer_count or 0)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def consumers(amqp_url: str, queue: str) -> int | None:
+    """Consumers of a RabbitMQ queue; None while it does not exist."""
+    state = queue_state(amqp_url, queue)
+    return None if state is None else state[1]

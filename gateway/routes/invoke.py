@@ -1,8 +1,11 @@
 """POST /v1/functions/{name}/invocations: sync (RequestResponse), async (Event), DryRun.
 
 The path is linear: resolve the function from the cache, bound the payload,
-pick the scheduler that owns the tenant, send it over the direct hop, answer.
-No MongoDB round trip on a warm path.
+apply flow control (gateway/throttle.py), pick the scheduler that owns the
+tenant, send it over the direct hop, answer. No MongoDB round trip on a warm
+path (a function with a max_rate: one when this gateway's lease of its tokens
+is spent). Back-pressure applies to async submissions only: a sync invocation
+never waits behind, nor is refused for, the async backlog.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from starlette.routing import Route
 from gateway.body import read_limited
 from gateway.metrics import INVOCATIONS, INVOKE_SECONDS
 from gateway.state import Services
+from gateway.throttle import check_backlog, check_rate, queue_of
 from runtime import constants as c
 from runtime.errors import BadRequest, NotFound, Unavailable
 from runtime.store.functions import FunctionRecord
@@ -78,6 +82,7 @@ async def invoke(request: Request) -> Response:
     for header_, shown in ((c.HTTP_TASK_ID, "X-Task-Id"), (c.HTTP_DELAY, "X-Delay-Seconds")):
         if header_ in request.headers:
             raise BadRequest(f"{shown} applies to Event (asynchronous) invocations only", field=shown)
+    await check_rate(services.rate_limiter, record, SYNC)
     owner = services.membership.owner(tenant.id)
     address = services.membership.address(owner) if owner is not None else None
     if address is None:
@@ -149,16 +154,23 @@ async def _submit(
     services: Services, request: Request, record: FunctionRecord, payload: bytes, request_id: str
 ) -> Response:
     """202 only once the task is durable (broker confirm, or its timer stored)."""
+    task_id, delay_s = task_id_header(request), delay_header(request)
+    # Back-pressure first: it costs no round trip, and a refused submission then
+    # takes no token of the function's max_rate.
+    check_backlog(services.backpressure, record, ASYNC)
+    await check_rate(services.rate_limiter, record, ASYNC)
     accepted = await services.submitter.submit(
         Submission(
             record=record,
             payload=payload,
             content_type=request.headers.get("content-type"),
-            task_id=task_id_header(request),
-            delay_s=delay_header(request),
+            task_id=task_id,
+            delay_s=delay_s,
             request_id=request_id,
         )
     )
+    if accepted.due_at is None:  # a delayed task waits in a timer, not in the queue
+        services.backpressure.enqueued(queue_of(record))
     INVOCATIONS.labels(ASYNC, "accepted").inc()
     body = {"task_id": accepted.task_id, "request_id": accepted.request_id, "status": "Enqueued"}
     return Response(

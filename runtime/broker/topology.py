@@ -92,12 +92,13 @@ async def drop_legacy_dead_letters(connection: AbstractRobustConnection) -> None
             await channel.close()
 
 
-async def tenant_queue(channel: AbstractChannel, tenant: str) -> aio_pika.abc.AbstractQueue:
-    """The tenant's durable quorum queue, bound to the invoke exchange by tenant id."""
+async def _invoke_queue(
+    channel: AbstractChannel, name: str, routing_key: str
+) -> aio_pika.abc.AbstractQueue:
     await dead_letter_exchange(channel)
     exchange = await invoke_exchange(channel)
     queue = await channel.declare_queue(
-        c.tenant_queue(tenant),
+        name,
         durable=True,
         arguments={
             "x-queue-type": "quorum",
@@ -105,5 +106,39 @@ async def tenant_queue(channel: AbstractChannel, tenant: str) -> aio_pika.abc.Ab
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         },
     )
-    await queue.bind(exchange, routing_key=tenant)
+    await queue.bind(exchange, routing_key=routing_key)
     return queue
+
+
+async def tenant_queue(channel: AbstractChannel, tenant: str) -> aio_pika.abc.AbstractQueue:
+    """The tenant's durable quorum queue, bound to the invoke exchange by tenant id."""
+    return await _invoke_queue(channel, c.tenant_queue(tenant), tenant)
+
+
+async def function_queue(
+    channel: AbstractChannel, tenant: str, function: str
+) -> aio_pika.abc.AbstractQueue:
+    """A function's dedicated queue (same guarantees as the tenant's), bound by
+    `f.<tenant>.<function>`; declaring it again binds it again."""
+    return await _invoke_queue(
+        channel, c.function_queue(tenant, function), c.function_route(tenant, function)
+    )
+
+
+async def unbind_function_queue(channel: AbstractChannel, tenant: str, function: str) -> None:
+    """Stop routing to a function's queue: a publish to its route comes back unroutable
+    (and goes to the tenant's queue instead), so the queue can only drain from now on."""
+    exchange = await invoke_exchange(channel)
+    queue = await channel.get_queue(c.function_queue(tenant, function), ensure=False)
+    await queue.unbind(exchange, routing_key=c.function_route(tenant, function))
+
+
+async def queue_depth(channel: AbstractChannel, name: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a queue, by a passive declare. A missing queue
+    raises ChannelNotFoundEntity and closes the channel.
+
+    On the AMQP channel itself: a robust aio-pika channel answers a passive declare of
+    a queue it knows from its own records, with the counts of its first declaration."""
+    underlay = await channel.get_underlay_channel()
+    result = await underlay.queue_declare(name, passive=True)
+    return int(result.message_count or 0), int(result.consumer_count or 0)

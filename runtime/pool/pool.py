@@ -1,9 +1,12 @@
 """The warm pool of one scheduler host.
 
-Keeps `stem_cells` idle agent containers ready, hands out containers for
-invocations (warm reuse, else a stem cell specialised on demand, else a cold
-start), bounds containers per function (`max_concurrency`) and per host
-(`max_containers`), and removes containers idle past the keep-alive period.
+Keeps idle agent containers (stem cells) ready, as many and of the memory sizes
+its stem policy asks for (`stems.py`), hands out containers for invocations
+(warm reuse, else a stem cell specialised on demand, else a cold start), bounds
+containers per function (`max_concurrency`) and per host (`max_containers`, and
+the sum of their memory limits within the host's budget, `memory.py`: idle
+containers are evicted to make room), and removes containers idle past the
+keep-alive period.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import Any
 from runtime import constants as c
 from runtime.agent.protocol import SOCKET_NAME
 from runtime.errors import Throttled, Unavailable
-from runtime.pool import select
+from runtime.pool import memory, select
 from runtime.pool.agent import AgentConnection, AgentGone, CellSocket
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
 from runtime.pool.events import EngineEvents
+from runtime.pool.stems import StemPolicy
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,11 @@ class Lease:
     container: Container
     start: StartKind
     init_ms: float = 0.0
+    # Of init_ms, the time in Docker engine calls (container start, memory resize),
+    # and whether that passed FNHOST_SLOW_START_MS: a capacity signal, since a slow
+    # engine means a loaded host, where a slow handler import means a heavy function.
+    engine_ms: float = 0.0
+    slow: bool = False
 
 
 class InitError(Exception):
@@ -115,6 +124,8 @@ class Pool:
         self._booting: dict[str, CellSocket] = {}
         self._reconciling = asyncio.Lock()
         self._events: EngineEvents | None = None
+        self._stems = StemPolicy.from_settings(settings)
+        self.memory_budget_mb = memory.budget_mb(settings)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -175,8 +186,15 @@ class Pool:
         return list(self._containers.values())
 
     def stats(self) -> dict[str, Any]:
-        states = Counter(c.state.value for c in self._containers.values())
-        return {"containers": dict(states), **self.counters}
+        containers = self._containers.values()
+        states = Counter(c.state.value for c in containers)
+        idle = Counter(str(c.memory_mb) for c in containers if c.state is State.STEM)
+        return {
+            "containers": dict(states),
+            "memory_mb": {"budget": self.memory_budget_mb, "live": select.memory_in_use(containers)},
+            "stem_cells": {**self._stems.stats(), "idle": dict(idle)},
+            **self.counters,
+        }
 
     @property
     def engine_problem(self) -> str | None:
@@ -219,17 +237,27 @@ class Pool:
                 stem = select.stem(containers, spec.memory_mb)
                 container: Container | None = None
                 kind = StartKind.STEM
+                resize = False
                 if stem is not None:
-                    stem.to(State.SPECIALISING)
-                    stem.bind(spec.key)
-                    container = stem
-                    self._refill.set()
-                elif self._up.is_set() and self._make_room(spec.key):
+                    # A stem cell of another size is resized: a bigger one needs the room.
+                    grow_mb = spec.memory_mb - stem.memory_mb
+                    if self._make_room(spec.key, new=0, memory_mb=grow_mb, spare=stem):
+                        resize = stem.memory_mb != spec.memory_mb
+                        stem.to(State.SPECIALISING)
+                        stem.bind(spec.key)
+                        # Booked now, so that other acquires count the memory it will take.
+                        stem.memory_mb = spec.memory_mb
+                        container = stem
+                        self._stems.on_claim(spec.memory_mb, found=True)
+                        self._refill.set()
+                elif self._up.is_set() and self._make_room(spec.key, new=1, memory_mb=spec.memory_mb):
                     container = self._new_container(spec.memory_mb, spec.key)
                     kind = StartKind.COLD
+                    self._stems.on_claim(spec.memory_mb, found=False)  # the stem pool grows
+                    self._refill.set()
                 if container is not None:
                     try:
-                        return await self._prepare(container, spec, kind)
+                        return await self._prepare(container, spec, kind, resize)
                     except AgentGone:
                         # A stem cell that died while idle: try the next one.
                         failures += 1
@@ -245,43 +273,74 @@ class Pool:
                         f"function {spec.key.function} is at its max_concurrency "
                         f"({spec.max_concurrency})"
                     )
-                raise Unavailable("no container capacity on this host", retry_after_s=2)
+                raise Unavailable(self._no_capacity(spec), retry_after_s=2)
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
-    def _make_room(self, key: FunctionKey) -> bool:
-        if select.live_count(self._containers.values()) < self._settings.max_containers:
-            return True
-        victim = select.evictable(self._containers.values(), key)
-        if victim is None:
+    def _make_room(
+        self, key: FunctionKey, *, new: int, memory_mb: int, spare: Container | None = None
+    ) -> bool:
+        """Whether `new` more containers and `memory_mb` more MB fit on this host, once
+        idle containers are evicted (none is, when that would still not do)."""
+        chosen = select.victims(
+            self._containers.values(), key, new=new, memory_mb=memory_mb,
+            max_containers=self._settings.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
+        )
+        if chosen is None:
             return False
-        self.counters["evictions"] += 1
-        self.discard(victim)
+        for victim, reason in chosen:
+            self.counters["evictions"] += 1
+            self.counters[f"evictions_{reason}"] += 1
+            if victim.state is State.STEM:
+                self.counters["evicted_stem_cells"] += 1
+            self.discard(victim)
         return True
 
-    async def _prepare(self, container: Container, spec: Spec, kind: StartKind) -> Lease:
+    def _no_capacity(self, spec: Spec) -> str:
+        containers = self._containers.values()
+        if spec.memory_mb > self.memory_budget_mb:
+            return (
+                f"function {spec.key.function} needs {spec.memory_mb} MB, more than this host's "
+                f"container memory budget ({self.memory_budget_mb} MB, FNHOST_HOST_MEMORY_MB)"
+            )
+        return (
+            f"no container capacity on this host ({select.live_count(containers)} of "
+            f"{self._settings.max_containers} containers, {select.memory_in_use(containers)} of "
+            f"{self.memory_budget_mb} MB in use)"
+        )
+
+    async def _prepare(self, container: Container, spec: Spec, kind: StartKind, resize: bool) -> Lease:
         started = time.perf_counter()
+        engine_s = 0.0
         try:
             if kind is StartKind.COLD:
                 await self._boot(container)
+                engine_s = time.perf_counter() - started
                 container.to(State.SPECIALISING)
-            await self._specialise(container, spec, kind)
+            engine_s += await self._specialise(container, spec, kind, resize)
         except BaseException:
             if container.state is not State.REMOVING:
                 self.discard(container)
             raise
         container.to(State.BUSY)
         self.counters[f"{kind.value}_starts"] += 1
-        return Lease(container, kind, (time.perf_counter() - started) * 1000)
+        engine_ms = engine_s * 1000
+        slow = engine_ms > self._settings.slow_start_ms
+        if slow:
+            self.counters["slow_starts"] += 1
+        return Lease(container, kind, (time.perf_counter() - started) * 1000, engine_ms, slow)
 
-    async def _specialise(self, container: Container, spec: Spec, kind: StartKind) -> None:
+    async def _specialise(self, container: Container, spec: Spec, kind: StartKind, resize: bool) -> float:
+        """Load the function into the container; the seconds its memory resize took."""
         bundle_dir = await spec.bundle()
         await asyncio.to_thread(link_tree, bundle_dir, container.code_dir)
-        if container.memory_mb != spec.memory_mb:
+        resize_s = 0.0
+        if resize:
             assert container.docker_id is not None
+            begun = time.perf_counter()
             await self._engine.resize(container.docker_id, spec.memory_mb)
-            container.memory_mb = spec.memory_mb
+            resize_s = time.perf_counter() - begun
         assert container.agent is not None
         header, logs = await container.agent.request(
             {
@@ -299,6 +358,7 @@ class Pool:
         if not header.get("ok"):
             self.counters["init_errors"] += 1
             raise InitError(header.get("error") or {}, logs, kind)
+        return resize_s
 
     def release(self, container: Container) -> None:
         """Back to READY after an invocation that left the container healthy."""
@@ -487,8 +547,8 @@ class Pool:
             self._containers.pop(container.name, None)
             self.counters["removed"] += 1
 
-    async def _start_stem(self) -> None:
-        container = self._new_container(self._settings.stem_memory_mb)
+    async def _start_stem(self, memory_mb: int) -> None:
+        container = self._new_container(memory_mb)
         try:
             await self._boot(container)
         except BaseException as exc:
@@ -518,15 +578,16 @@ class Pool:
         await asyncio.sleep(REFILL_DELAY_S)
         self._refill.clear()
         containers = self._containers.values()
-        pending = sum(
-            1 for c in containers if c.key is None and c.state in (State.STEM, State.STARTING)
+        # Stem cells are started only in free room: they never evict anything.
+        sizes = self._stems.to_start(
+            self._spare_sizes(),
+            free_slots=self._settings.max_containers - select.live_count(containers),
+            free_mb=self.memory_budget_mb - select.memory_in_use(containers),
         )
-        room = self._settings.max_containers - select.live_count(containers)
-        missing = min(self._settings.stem_cells - pending, room)
-        if missing <= 0:
+        if not sizes:
             return
         results = await asyncio.gather(
-            *(self._start_stem() for _ in range(missing)), return_exceptions=True
+            *(self._start_stem(size) for size in sizes), return_exceptions=True
         )
         if any(isinstance(r, BaseException) for r in results):
             await asyncio.sleep(REFILL_RETRY_S)
@@ -540,3 +601,23 @@ class Pool:
             for container in select.expired(self._containers.values(), time.monotonic(), keep_alive):
                 self.counters["expired"] += 1
                 self.discard(container)
+            self._shrink_stems()
+
+    def _spare_sizes(self) -> Counter[int]:
+        """Stem cells, idle or starting, by memory size."""
+        return Counter(
+            c.memory_mb for c in self._containers.values()
+            if c.key is None and c.state in (State.STEM, State.STARTING)
+        )
+
+    def _shrink_stems(self) -> None:
+        """Remove idle stem cells beyond the policy's target (it shrinks while none is claimed)."""
+        self._stems.tick()
+        for size in self._stems.surplus(self._spare_sizes()):
+            idle = next(
+                (c for c in self._containers.values() if c.state is State.STEM and c.memory_mb == size),
+                None,
+            )
+            if idle is not None:  # those of that size are all still starting: next time
+                self.counters["stem_cells_shrunk"] += 1
+                self.discard(idle)

@@ -42,14 +42,53 @@ def live_count(containers: Iterable[Container]) -> int:
     return sum(1 for c in containers if c.state in LIVE)
 
 
-def evictable(containers: Iterable[Container], key: FunctionKey) -> Container | None:
-    """The least recently used idle container of another function, to make room."""
-    best: Container | None = None
-    for container in containers:
-        if container.state is State.READY and container.key != key:
-            if best is None or container.idle_since < best.idle_since:
-                best = container
-    return best
+def memory_in_use(containers: Iterable[Container]) -> int:
+    """The memory limits of the live containers, in MB (stem cells included)."""
+    return sum(c.memory_mb for c in containers if c.state in LIVE)
+
+
+# Why a container was evicted: the host's container count, or its memory budget.
+FOR_COUNT = "count"
+FOR_MEMORY = "memory"
+
+
+def victims(
+    containers: Iterable[Container],
+    key: FunctionKey,
+    *,
+    new: int,
+    memory_mb: int,
+    max_containers: int,
+    budget_mb: int,
+    spare: Container | None = None,
+) -> list[tuple[Container, str]] | None:
+    """Idle containers to remove so that `new` more containers and `memory_mb` more MB
+    fit within `max_containers` and `budget_mb`, each with the reason it goes; None
+    when removing every idle one would still not make room (then none should go).
+
+    READY containers of other function versions go first, least recently used first;
+    then idle stem cells, largest first (the refill starts them again when there is
+    room). `spare`, the stem cell being claimed, is never chosen.
+    """
+    items = list(containers)
+    count = live_count(items) + new
+    memory = memory_in_use(items) + memory_mb
+    warm_ones = sorted(
+        (c for c in items if c.state is State.READY and c.key != key), key=lambda c: c.idle_since
+    )
+    stem_cells = sorted(
+        (c for c in items if c.state is State.STEM and c is not spare), key=lambda c: -c.memory_mb
+    )
+    chosen: list[tuple[Container, str]] = []
+    for victim in [*warm_ones, *stem_cells]:
+        if count <= max_containers and memory <= budget_mb:
+            break
+        chosen.append((victim, FOR_COUNT if count > max_containers else FOR_MEMORY))
+        count -= 1
+        memory -= victim.memory_mb
+    if count > max_containers or memory > budget_mb:
+        return None
+    return chosen
 
 
 def expired(containers: Iterable[Container], now: float, keep_alive_s: float) -> list[Container]:

@@ -45,6 +45,9 @@ class Outcome:
     run_ms: float = 0.0
     retryable: bool = True
     error: dict[str, Any] | None = field(default=None)
+    # A sign the host is short of capacity (a timeout, an out-of-memory kill, a slow
+    # start): the function's dispatch window shrinks when such signs pile up.
+    capacity_error: bool = False
 
     @classmethod
     def failed(cls, status: str, error: dict[str, Any], **kwargs: Any) -> Outcome:
@@ -136,7 +139,9 @@ class Invoker:
                 "errorMessage": f"Task timed out after {timeout:.2f} seconds",
                 "stackTrace": [],
             }
-            return Outcome.failed(TIMEOUT, error, run_ms=timeout * 1000, **common)
+            return Outcome.failed(
+                TIMEOUT, error, run_ms=timeout * 1000, capacity_error=True, **common
+            )
         except AgentGone:
             run_ms = (time.perf_counter() - started) * 1000
             killed_here = _discarded(container) and not container.lost  # a stop
@@ -161,7 +166,9 @@ class Invoker:
             else:
                 message = f"the function's process exited (exit code {info.exit_code})"
             error = {"errorType": "Runtime.ExitError", "errorMessage": message, "stackTrace": []}
-            return Outcome.failed(FUNCTION_ERROR, error, run_ms=run_ms, **common)
+            return Outcome.failed(
+                FUNCTION_ERROR, error, run_ms=run_ms, capacity_error=info.oom_killed, **common
+            )
         run_ms = (time.perf_counter() - started) * 1000
         self._pool.release(container)
         result_len = int(answer.get("result_len", 0))

@@ -11,17 +11,21 @@ from typing import Any
 from runtime import constants as c
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
+from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
 from runtime.cache import FunctionCache
 from runtime.destinations import Destinations
 from runtime.errors import NotFound
 from runtime.hop import HopServer
+from runtime.outbox import Outbox
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
 from runtime.scheduler.bundle_cache import BundleCache
 from runtime.scheduler.consumers import ExpirySweep, QueueConsumers, TimerLoop
+from runtime.scheduler.flow import Flow, Thresholds
 from runtime.scheduler.invoker import Invoker
+from runtime.scheduler.routing import Router
 from runtime.scheduler.sync import SyncHandler
 from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 POOL_CLOSE_S = 30.0
 # How long a heartbeat waits for the engine's ping before calling it down.
 ENGINE_PING_S = 2.0
+# A heartbeat reports at most this many dispatch windows (the busiest are what matter).
+MAX_REPORTED_WINDOWS = 500
 
 
 class Scheduler:
@@ -71,11 +77,21 @@ class Scheduler:
         self.submitter = Submitter(self.tasks, self.timers, self.publisher)
         self.destinations = Destinations(self.settings, self.connection, self._submit_to_function)
         await self.destinations.start()
+        self.outbox = Outbox(self.settings, self.destinations, self.timers, self.tasks)
+        self.flow = Flow(Thresholds(
+            waiting=self.settings.promote_waiting, wait_s=self.settings.promote_wait_s,
+            inflight=self.settings.promote_inflight, share=self.settings.promote_share,
+        ))
+        self.router = Router(self.functions, self.cache, self.publisher, self.connection)
         self.runner = TaskRunner(
-            self.cache, self.invoker, self.pool, self.tasks, self.timers, self.destinations,
+            self.cache, self.invoker, self.pool, self.tasks, self.timers, self.outbox,
+            self.flow, self.router,
             running_write_delay_s=self.settings.running_write_delay_s,
+            max_window=self.settings.max_containers,
         )
         self.control = ControlBus(self.connection, self.settings.cluster_id)
+        self.router.control = self.control
+        self.publisher.on_published = WorkHints(self.control, hint_interval(self.settings)).note
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self._prefetch)
         self.control.subscribe(self.membership.on_control)
@@ -83,11 +99,15 @@ class Scheduler:
         await self.control.start()
         await self.pool.start()
         self.consumers = QueueConsumers(
-            self.settings, self.connection, self.membership, self.mongo, self.runner
+            self.settings, self.connection, self.membership, self.mongo, self.runner,
+            self.functions, self.cache, self.flow, self.router, self.control,
         )
         self.control.subscribe(self.consumers.on_control)
         await self.consumers.start()
-        self.timer_loop = TimerLoop(self.timers, self.publisher, self.settings.timer_poll_s)
+        self.timer_loop = TimerLoop(
+            self.timers, self.publisher, self.settings.timer_poll_s,
+            outbox=self.outbox.take, lease_s=max(TimerLoop.LEASE_S, self.outbox.lease_s),
+        )
         self.timer_loop.start()
         self.expiry = ExpirySweep(self.tasks, self.settings.expiry_sweep_s)
         self.expiry.start()
@@ -148,8 +168,22 @@ class Scheduler:
                     docker_problem=problem,
                     started=self._started,
                     pool=self.pool.stats(),
+                    flow=self._flow_stats(),
                 )
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    def _flow_stats(self) -> dict[str, Any]:
+        """Dispatch windows worth showing (busy, or cut below their bound) and the
+        queue moves of this scheduler, for the gateways' metrics."""
+        shown = sorted(
+            (f for f in self.flow.functions() if f[2].busy or f[2].window.limit < f[2].window.ceiling),
+            key=lambda f: -(f[2].running + len(f[2].waiters)),
+        )
+        windows = [
+            [tenant, function, f.window.limit, f.window.ceiling, f.running, len(f.waiters)]
+            for tenant, function, f in shown
+        ]
+        return {"windows": windows[:MAX_REPORTED_WINDOWS], **self.router.counters}
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
@@ -158,6 +192,8 @@ class Scheduler:
             await self.control.publish(c.CTL_SCHEDULER_DOWN, scheduler=self.settings.scheduler_id)
         if hasattr(self, "timer_loop"):
             self.timer_loop.close()
+        if hasattr(self, "outbox"):
+            await self.outbox.close()  # its records wait in their timers for the next start
         if hasattr(self, "expiry"):
             self.expiry.close()
         if hasattr(self, "consumers"):

@@ -4,10 +4,11 @@
     Stopping -> Stopped; Expired (too old before it ran); Invalid (function deleted)
 
 The message is acknowledged only after the outcome is recorded and the
-destination has its record (or its delivery was given up by policy and that
-is recorded). A crash before that redelivers the message: the task runs again
-(`approximateInvokeCount` > 1), nothing is lost. Retry waits are durable
-timers, never sleeps holding a container or a queue slot.
+destination has its record, or the record is in the outbox (runtime/outbox.py:
+one short inline attempt, then durable timers deliver it), or its delivery
+failed for good and that is recorded. A crash before that redelivers the
+message: the task runs again (`approximateInvokeCount` > 1), nothing is lost.
+Retry waits are durable timers, never sleeps holding a container or a queue slot.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from bson import Binary
 
 from runtime import constants as c
 from runtime.cache import FunctionCache
-from runtime.destinations import Destinations, build_record
+from runtime.destinations import build_record
 from runtime.errors import Throttled, Unavailable
 from runtime.models import AsyncConfig
+from runtime.outbox import Outbox
 from runtime.pool.container import Container
 from runtime.pool.pool import Lease, Pool
 from runtime.scheduler.acks import Acks
+from runtime.scheduler.flow import Flow
 from runtime.scheduler.invoker import OK, TIMEOUT, Invocation, Invoker, Outcome
+from runtime.scheduler.routing import Router
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
 from runtime.store.timers import PARK, RETRY, TimerStore
@@ -138,6 +142,28 @@ class Run:
             await self.writer
 
 
+@dataclass
+class Slot:
+    """One of a function's dispatch slots, held by a task until `release`."""
+
+    flow: Flow
+    tenant: str
+    function: str
+    taken: float
+    held: bool = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.flow.leave(self.tenant, self.function, time.perf_counter() - self.taken)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """A read nobody may wait for (its message was set aside): its error is not news."""
+    if not future.cancelled():
+        future.exception()
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -146,8 +172,11 @@ class TaskRunner:
         pool: Pool,
         tasks: TaskStore,
         timers: TimerStore,
-        destinations: Destinations,
+        outbox: Outbox,
+        flow: Flow,
+        router: Router,
         running_write_delay_s: float = 0.2,
+        max_window: int = 1000,
     ) -> None:
         # A task still running this long after its container was bound has its
         # Running status written then; a shorter one gets Processed and Running
@@ -158,7 +187,10 @@ class TaskRunner:
         self._pool = pool
         self._tasks = tasks
         self._timers = timers
-        self._destinations = destinations
+        self._outbox = outbox
+        self._flow = flow
+        self._router = router
+        self._max_window = max_window  # the host's capacity bounds every dispatch window
         # Tasks taken from the queue and not finished; the container once bound.
         self._inflight: dict[str, Container | None] = {}
         self._acks = Acks()
@@ -171,12 +203,20 @@ class TaskRunner:
     # -- entry points ----------------------------------------------------------
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        """A message from a tenant's queue."""
+        await self._handle_message(message, shared=True)
+
+    async def handle_dedicated(self, message: AbstractIncomingMessage) -> None:
+        """A message from a function's dedicated queue."""
+        await self._handle_message(message, shared=False)
+
+    async def _handle_message(self, message: AbstractIncomingMessage, shared: bool) -> None:
         """Run one message; ack after its outcome is stored, nack (redeliver) on a crash."""
         self._acks.taken(message)
         self._handling += 1
         self._idle.clear()
         try:
-            await self._handle(Job.decode(message))
+            await self._handle(Job.decode(message), shared)
         except Abandoned:
             self._acks.forget(message)  # redelivered once this scheduler's channel closes
             return
@@ -235,7 +275,7 @@ class TaskRunner:
 
     # -- the lifecycle ---------------------------------------------------------
 
-    async def _handle(self, job: Job) -> None:
+    async def _handle(self, job: Job, shared: bool) -> None:
         record = await self._cache.get(job.tenant, job.function)
         if record is None:
             if job.task_mode:
@@ -244,8 +284,35 @@ class TaskRunner:
                     fields={"error": _error("Fnhost.FunctionDeleted", "the function was deleted")},
                 )
             return
+        if shared and record.routed:
+            await self._router.forward(job.message, job.tenant, job.function)
+            return
+        status: asyncio.Future[str | None] | None = None
+        if job.task_mode and not self._flow.free(job.tenant, job.function):
+            # It will wait for a slot: read its status meanwhile, not after.
+            status = asyncio.ensure_future(self._tasks.status(job.key))
+            status.add_done_callback(_retrieve)
+        ceiling = min(record.config.max_concurrency, self._max_window)
+        reason = await self._flow.admit(job.tenant, job.function, ceiling, shared=shared)
+        if reason is not None:
+            # It holds up its tenant's queue: to a queue of its own, and this message too.
+            await self._router.promote(job.tenant, job.function, reason)
+            await self._router.forward(job.message, job.tenant, job.function)
+            return
+        slot = Slot(self._flow, job.tenant, job.function, time.perf_counter())
+        try:
+            await self._run(job, record, slot, status)
+        finally:
+            slot.release()
+
+    async def _run(
+        self, job: Job, record: FunctionRecord, slot: Slot,
+        status: asyncio.Future[str | None] | None,
+    ) -> None:
+        """The task in hand, holding one of its function's dispatch slots until its
+        invocation is over (its record and destination hand-off take none)."""
         config = record.config.async_
-        if job.task_mode and await self._tasks.status(job.key) not in RUNNABLE:
+        if job.task_mode and await (status or self._tasks.status(job.key)) not in RUNNABLE:
             # Stopped, deleted or already final: drop it before it costs a container
             # (or, its function paused, a parking timer).
             await self._not_runnable(job, record)
@@ -267,6 +334,8 @@ class TaskRunner:
             if job.key in self._stop_requested:
                 raise NotRunnable  # stopped while it waited for a container
             self._inflight[job.key] = lease.container
+            if lease.slow:
+                self._flow.on_capacity_error(job.tenant, job.function)  # the engine lags
             run.started_at = datetime.now(UTC)
             run.fields = {
                 "version": record.version,
@@ -294,15 +363,21 @@ class TaskRunner:
         except (Throttled, Unavailable):
             # No capacity: not the function's fault, so not an attempt. Back off and
             # try again until the event's age runs out.
+            self._flow.on_capacity_error(job.tenant, job.function)
             await self._retry_later(job, record, config, run, throttled=True)
             return
         finally:
+            slot.release()
             self._inflight.pop(job.key, None)
             stopped = job.key in self._stop_requested
             self._stop_requested.discard(job.key)
             await run.settle()
         if self._abandoning:
             raise Abandoned
+        if outcome.capacity_error:
+            self._flow.on_capacity_error(job.tenant, job.function)
+        elif outcome.status == OK:
+            self._flow.on_success(job.tenant, job.function)
         if stopped:
             await self._finish(
                 job, record, st.STOPPED, st.STOPPED_CONDITION, outcome, invoke_count, run,
@@ -348,11 +423,12 @@ class TaskRunner:
         if destination is None:
             await self._tasks.set_fields(job.key, {"destination": {"status": "none"}})
             return
-        delivery = await self._destinations.deliver(
+        delivery = await self._outbox.deliver(
             job.tenant, destination,
             self._record(job, record, st.STOPPED_CONDITION, None, invoke_count),
+            function=job.function, key=job.key, task_mode=job.task_mode,
         )
-        await self._tasks.set_fields(job.key, {"destination": delivery.to_dict()})
+        await self._tasks.set_fields(job.key, {"destination": delivery})
 
     async def _retry_later(
         self, job: Job, record: FunctionRecord, config: AsyncConfig, run: Run,
@@ -397,16 +473,17 @@ class TaskRunner:
         self, job: Job, record: FunctionRecord, status: str, condition: str,
         outcome: Outcome | None, invoke_count: int, run: Run, error: dict[str, Any] | None = None,
     ) -> None:
-        """Deliver the destination record, then store the final status: then it may be acked."""
+        """Deliver the destination record (or hand it to the outbox, durably), then store
+        the final status: then it may be acked."""
         config = record.config.async_
         destination = config.on_success if condition == st.SUCCESS else config.on_failure
         delivery: dict[str, Any] = {"status": "none"}
         started = time.perf_counter()
         if destination is not None:
-            result = await self._destinations.deliver(
-                job.tenant, destination, self._record(job, record, condition, outcome, invoke_count)
+            delivery = await self._outbox.deliver(
+                job.tenant, destination, self._record(job, record, condition, outcome, invoke_count),
+                function=job.function, key=job.key, task_mode=job.task_mode,
             )
-            delivery = result.to_dict()
         if not job.task_mode:
             return
         earlier, fields, inc = run.pending(attempted=outcome is not None)

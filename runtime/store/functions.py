@@ -1,7 +1,14 @@
-"""Function records, their immutable versions and the bundles in GridFS."""
+"""Function records, their immutable versions and the bundles in GridFS.
+
+A function's queue state lives on its record: `queue` holds a promotion to a
+dedicated queue (mode, since, reason) set by a scheduler; `pinned_at` is when
+`dedicated_queue: true` was set. Neither changes the revision: moving queues
+is not a new version of the function, and must not retire its containers.
+"""
 
 from __future__ import annotations
 
+import builtins
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +20,11 @@ from pymongo import ReturnDocument
 from runtime.errors import NotFound
 from runtime.models import FunctionConfig
 from runtime.store.mongo import Doc, Mongo
+
+# Where a function's async invocations go: its tenant's queue, a dedicated queue the
+# platform promoted it to, or one its config pins it to.
+SHARED, DEDICATED, PINNED = "shared", "dedicated", "pinned"
+PINNED_REASON = "dedicated_queue: true"
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,14 @@ class FunctionRecord:
     bundle_size: int
     created_at: datetime
     updated_at: datetime
+    queue_mode: str = SHARED  # shared | dedicated | pinned
+    queue_since: datetime | None = None
+    queue_reason: str | None = None
+
+    @property
+    def routed(self) -> bool:
+        """Whether its invocations go to its own queue rather than the tenant's."""
+        return self.queue_mode != SHARED
 
     @property
     def qualified(self) -> str:
@@ -41,7 +61,9 @@ class FunctionRecord:
             "revision": self.revision,
             "bundle_size": self.bundle_size,
             "config": self.config.dump(),
-            "queue_mode": "dedicated" if self.config.dedicated_queue else "shared",
+            "queue_mode": self.queue_mode,
+            "queue_since": _iso(self.queue_since) if self.queue_since else None,
+            "queue_reason": self.queue_reason,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -51,7 +73,17 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _queue_state(doc: Doc) -> tuple[str, datetime | None, str | None]:
+    if doc["config"].get("dedicated_queue"):
+        return PINNED, doc.get("pinned_at") or doc["updated_at"], PINNED_REASON
+    queue = doc.get("queue") or {}
+    if queue.get("mode") == DEDICATED:
+        return DEDICATED, queue.get("since"), queue.get("reason")
+    return SHARED, queue.get("since"), queue.get("reason")
+
+
 def _record(doc: Doc) -> FunctionRecord:
+    mode, since, reason = _queue_state(doc)
     return FunctionRecord(
         tenant=doc["tenant"],
         name=doc["name"],
@@ -63,6 +95,9 @@ def _record(doc: Doc) -> FunctionRecord:
         bundle_size=doc.get("bundle_size", 0),
         created_at=doc["created_at"],
         updated_at=doc["updated_at"],
+        queue_mode=mode,
+        queue_since=since,
+        queue_reason=reason,
     )
 
 
@@ -134,6 +169,8 @@ class FunctionStore:
             "updated_at": now,
             "revision": _next_revision(previous["revision"] if previous else 0),
         }
+        if config.dedicated_queue and not (previous or {}).get("config", {}).get("dedicated_queue"):
+            fields["pinned_at"] = now
         doc = await self._mongo.functions.find_one_and_update(
             {"_id": _fid(tenant, name)},
             {"$set": fields, "$setOnInsert": {"created_at": now}},
@@ -159,20 +196,39 @@ class FunctionStore:
         return _record(doc), previous is None
 
     async def update_config(self, record: FunctionRecord, config: FunctionConfig) -> FunctionRecord:
+        now = datetime.now(UTC)
+        fields: dict[str, Any] = {
+            "config": config.dump(), "updated_at": now, "revision": _next_revision(record.revision)
+        }
+        if config.dedicated_queue and not record.config.dedicated_queue:
+            fields["pinned_at"] = now
         doc = await self._mongo.functions.find_one_and_update(
             {"_id": _fid(record.tenant, record.name)},
-            {
-                "$set": {
-                    "config": config.dump(),
-                    "updated_at": datetime.now(UTC),
-                    "revision": _next_revision(record.revision),
-                }
-            },
+            {"$set": fields},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             raise NotFound(f"function {record.name!r} not found")
         return _record(doc)
+
+    async def set_queue(
+        self, tenant: str, name: str, mode: str, reason: str, *, since: datetime | None = None
+    ) -> bool:
+        """Move a function between its tenant's queue and a dedicated one; False when it
+        already was in `mode` (another scheduler moved it first) or is gone."""
+        result = await self._mongo.functions.update_one(
+            {"_id": _fid(tenant, name), "queue.mode": {"$ne": mode}},
+            {"$set": {"queue": {"mode": mode, "since": since or datetime.now(UTC), "reason": reason}}},
+        )
+        return result.modified_count == 1
+
+    async def routed(self) -> builtins.list[tuple[str, str]]:
+        """Every function on a dedicated queue, promoted or pinned: (tenant, name)."""
+        found: set[tuple[str, str]] = set()
+        for query in ({"queue.mode": DEDICATED}, {"config.dedicated_queue": True}):
+            async for doc in self._mongo.functions.find(query, {"tenant": 1, "name": 1}):
+                found.add((str(doc["tenant"]), str(doc["name"])))
+        return sorted(found)
 
     async def delete(self, tenant: str, name: str) -> bool:
         result = await self._mongo.functions.delete_one({"_id": _fid(tenant, name)})

@@ -40,6 +40,9 @@ class Mongo:
         await self.functions.create_index(
             [("tenant", ASCENDING), ("name", ASCENDING)], unique=True
         )
+        # The functions on dedicated queues, read by every scheduler at start.
+        await self.functions.create_index([("queue.mode", ASCENDING)])
+        await self.functions.create_index([("config.dedicated_queue", ASCENDING)])
         await self.versions.create_index(
             [("tenant", ASCENDING), ("function", ASCENDING), ("created_at", ASCENDING)]
         )

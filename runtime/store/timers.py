@@ -1,10 +1,13 @@
-"""Durable timers in MongoDB: delayed tasks, retry backoff, parked (paused) tasks.
+"""Durable timers in MongoDB: delayed tasks, retry backoff, parked (paused) tasks, and
+the outbox's destination records waiting for their next attempt.
 
 A timer holds the whole invocation message; when it is due, a scheduler
 claims it (a lease, so two schedulers do not both publish it), publishes it
 to the tenant's queue with a confirm, then deletes it. It survives restarts
 of every component; a scheduler dying after publishing and before deleting
-causes a duplicate, never a loss.
+causes a duplicate, never a loss. An outbox timer (kind OUTBOX) holds a
+destination record instead, which the claiming scheduler delivers
+(runtime/outbox.py), then deletes or puts back for a later attempt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pymongo import ASCENDING
 from runtime.store.mongo import Doc, Mongo
 
 DELAY, RETRY, PARK = "delay", "retry", "park"
+OUTBOX = "outbox"  # a destination record, not a message: see `hold`
 
 
 class TimerStore:
@@ -56,6 +60,30 @@ class TimerStore:
             },
             upsert=True,
         )
+
+    async def hold(
+        self, timer_id: str, due_at: datetime, *, tenant: str, function: str, delivery: dict[str, Any]
+    ) -> None:
+        """An outbox timer: `delivery` holds what the outbox needs to deliver the record."""
+        await self._timers.insert_one({
+            "_id": timer_id,
+            "due_at": due_at,
+            "kind": OUTBOX,
+            "tenant": tenant,
+            "function": function,
+            "delivery": delivery,
+            "lease_until": None,
+            "lease": None,
+        })
+
+    async def put_back(self, doc: Doc, due_at: datetime, changes: dict[str, Any] | None = None) -> bool:
+        """Release a claimed timer, due again at `due_at`, with `changes` set; False when
+        its lease was lost (another claim took it, or it was replaced)."""
+        result = await self._timers.update_one(
+            {"_id": doc["_id"], "lease": doc["lease"]},
+            {"$set": {"due_at": due_at, "lease": None, "lease_until": None, **(changes or {})}},
+        )
+        return result.modified_count == 1
 
     async def claim_due(self, limit: int, lease_s: float) -> list[Doc]:
         """Due timers, each leased to this caller for `lease_s`."""

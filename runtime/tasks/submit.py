@@ -111,7 +111,10 @@ class Submitter:
                     body=sub.payload, content_type=sub.content_type,
                 )
             else:
-                await self._publisher.publish(record.tenant, headers, sub.payload, sub.content_type)
+                await self._publisher.publish(
+                    record.tenant, headers, sub.payload, sub.content_type,
+                    function=record.name if record.routed else None,
+                )
         except Exception:
             # Not durable: take the record back so the same task id can be sent again.
             if task_mode or sub.task_id is not None:

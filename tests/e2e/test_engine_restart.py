@@ -31,6 +31,7 @@ from tests.harness import (
     MongoServer,
     Platform,
     deploy,
+    eventually,
     invoke,
     own_platform,
     submit_event,
@@ -81,17 +82,6 @@ def running_containers(scheduler_id: str) -> list[dict[str, Any]]:
 
 def remove_container(docker_id: str) -> None:
     subprocess.run(["docker", "rm", "-f", docker_id], check=True, capture_output=True, timeout=60)
-
-
-def eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
 
 
 class Load(threading.Thread):

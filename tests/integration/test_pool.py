@@ -386,3 +386,111 @@ async def test_an_unreachable_docker_engine_is_unavailable(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+def memory_limit_mb(client: docker.DockerClient, docker_id: str) -> int:
+    """The memory limit the engine enforces on a container, in MB."""
+    return int(client.api.inspect_container(docker_id)["HostConfig"]["Memory"]) >> 20
+
+
+async def test_memory_budget_evicts_idle_containers_of_other_functions_lru_first(
+    make_pool: PoolFactory, bundle_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    """Far below FNHOST_MAX_CONTAINERS, the memory budget is what runs out: the least
+    recently used idle containers of other functions go, so a new function starts at
+    once (wait_s is too short to wait for anything) instead of waiting."""
+    pool = await make_pool(stem_cells=0, host_memory_mb=512, keep_alive_s=300)
+    assert pool.memory_budget_mb == 512
+    fa, fb, fc = (spec_for(bundle_dir, function=name) for name in ("fa", "fb", "fc"))  # 128 MB each
+    leases = [await pool.acquire(spec, wait_s=10) for spec in (fa, fb, fc)]
+    for lease in leases:  # released in this order: fa is the least recently used
+        pool.release(lease.container)
+        await asyncio.sleep(0.01)
+    container_a, container_b, container_c = (lease.container for lease in leases)
+
+    big = spec_for(bundle_dir, function="fd", memory_mb=256)
+    lease_d = await pool.acquire(big, wait_s=0.2)  # 384 + 256 > 512: fa goes
+    assert lease_d.start is StartKind.COLD
+    assert container_a.state is State.REMOVING
+    assert container_b.state is State.READY and container_c.state is State.READY
+    assert pool.counters["evictions_memory"] == 1 and pool.counters["evictions"] == 1
+    assert pool.stats()["memory_mb"] == {"budget": 512, "live": 512}
+    assert lease_d.container.docker_id is not None
+    assert await asyncio.to_thread(memory_limit_mb, docker_client, lease_d.container.docker_id) == 256
+    assert (await call(lease_d))["result"] == b'{"message":"hello, pool"}'
+
+    # Another 256 MB function while fd is busy: both idle ones go.
+    lease_e = await pool.acquire(spec_for(bundle_dir, function="fe", memory_mb=256), wait_s=0.2)
+    assert container_b.state is State.REMOVING and container_c.state is State.REMOVING
+    assert pool.counters["evictions_memory"] == 3
+    assert pool.stats()["memory_mb"]["live"] == 512
+
+    # Now everything is busy: a third has to wait for room, and gets it when one is released.
+    third = asyncio.create_task(pool.acquire(spec_for(bundle_dir, function="ff"), wait_s=10))
+    await asyncio.sleep(0.3)
+    assert not third.done()
+    pool.release(lease_e.container)
+    lease_f = await asyncio.wait_for(third, 10)
+    assert lease_f.start is StartKind.COLD and lease_e.container.state is State.REMOVING
+    assert pool.counters["evictions_memory"] == 4
+    assert select.memory_in_use(pool.containers) <= 512
+    pool.release(lease_f.container)
+    pool.release(lease_d.container)
+
+    # A function bigger than the whole budget is told so.
+    with pytest.raises(Unavailable, match="memory budget"):
+        await pool.acquire(spec_for(bundle_dir, function="huge", memory_mb=1024), wait_s=0.2)
+    for docker_id in (container_a.docker_id, container_b.docker_id, container_c.docker_id):
+        assert docker_id is not None
+        await eventually(partial(gone, docker_client, docker_id), 10, "evicted container removed")
+
+
+async def test_stem_cells_of_a_claimed_memory_size_spare_the_next_function_a_resize(
+    make_pool: PoolFactory, bundle_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    pool = await make_pool(stem_cells=2, stem_memory_mb=128, keep_alive_s=300)
+    await pool.wait_for_stem_cells(2, timeout=60)
+    assert {s.memory_mb for s in stems(pool)} == {128}
+
+    first = await pool.acquire(spec_for(bundle_dir, function="big-1", memory_mb=256), wait_s=10)
+    assert first.start is StartKind.STEM
+    assert first.engine_ms > 0  # a 128 MB cell resized to 256 MB
+    assert pool.stats()["stem_cells"]["sizes"] == {"256": 2}
+    # The refill starts a 256 MB cell in place of the one claimed.
+    await eventually(lambda: any(s.memory_mb == 256 for s in stems(pool)), 30, "a 256 MB stem cell")
+    matching = next(s for s in stems(pool) if s.memory_mb == 256)
+    assert matching.docker_id is not None
+    assert await asyncio.to_thread(memory_limit_mb, docker_client, matching.docker_id) == 256
+
+    second = await pool.acquire(spec_for(bundle_dir, function="big-2", memory_mb=256), wait_s=10)
+    assert second.start is StartKind.STEM
+    assert second.container is matching
+    assert second.engine_ms == 0  # no resize
+    assert (await call(second))["result"] == b'{"message":"hello, pool"}'
+    print(f"specialisation: {first.init_ms:.1f} ms with a resize, {second.init_ms:.1f} ms without")
+    stats = pool.stats()["stem_cells"]
+    assert stats["target"] == 2 and stats["min"] == 1 and stats["max"] == 8
+    pool.release(first.container)
+    pool.release(second.container)
+
+
+async def test_stem_pool_grows_on_cold_starts_and_shrinks_when_idle(
+    make_pool: PoolFactory, bundle_dir: Path
+) -> None:
+    pool = await make_pool(stem_cells=1, stem_cells_max=3, stem_cells_idle_s=2, keep_alive_s=300)
+    await pool.wait_for_stem_cells(1, timeout=60)
+    # Two new functions at once: one takes the stem cell, the other starts cold.
+    leases = await asyncio.gather(
+        pool.acquire(spec_for(bundle_dir, function="g1"), wait_s=10),
+        pool.acquire(spec_for(bundle_dir, function="g2"), wait_s=10),
+    )
+    assert sorted(lease.start.value for lease in leases) == ["cold", "stem"]
+    assert pool.stats()["stem_cells"]["target"] == 2
+    await pool.wait_for_stem_cells(2, timeout=30)
+
+    # No claim for FNHOST_STEM_CELLS_IDLE_S: back to the minimum (1), one cell removed.
+    await eventually(lambda: len(stems(pool)) == 1, 10, "the stem pool shrunk")
+    assert pool.stats()["stem_cells"]["target"] == 1
+    assert pool.counters["stem_cells_shrunk"] == 1
+    for lease in leases:
+        pool.release(lease.container)

@@ -29,12 +29,13 @@ from pymongo import monitoring
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
+from runtime.store.rates import RateStore, rate_key
 from runtime.store.tasks import TaskStore, task_key
-from runtime.store.timers import PARK, RETRY, TimerStore
+from runtime.store.timers import OUTBOX, PARK, RETRY, TimerStore
 from runtime.tasks import status as st
 from tests.harness import MongoServer
 
-STORE_COLLECTIONS = {"tasks", "task_ids", "timers", "versions", "functions"}
+STORE_COLLECTIONS = {"tasks", "task_ids", "timers", "versions", "functions", "rates"}
 
 
 class Recorder(monitoring.CommandListener):
@@ -194,9 +195,17 @@ async def _run_every_query(mongo: Mongo) -> None:
             f"{key}#{i}", datetime.now(UTC) - timedelta(seconds=1), kind=kind, tenant=tenant,
             function="resize", headers={}, body=b"{}", content_type=None,
         )
+    # the outbox: a destination record held, put back after a failed attempt, then done
+    await timers.hold(f"{key}#outbox.1", datetime.now(UTC) - timedelta(seconds=2), tenant=tenant,
+                      function="resize", delivery={"attempts": 1, "body": b"{}"})
     claimed = await timers.claim_due(10, 30)
     assert claimed, "due timers are claimed"
-    await timers.done(claimed[0])
+    (held,) = [doc for doc in claimed if doc["kind"] == OUTBOX]
+    assert await timers.put_back(held, datetime.now(UTC) - timedelta(seconds=1), {"delivery.attempts": 2})
+    (held,) = [doc for doc in await timers.claim_due(10, 30) if doc["kind"] == OUTBOX]
+    assert held["delivery"]["attempts"] == 2
+    await timers.done(held)
+    await timers.done(next(doc for doc in claimed if doc["kind"] != OUTBOX))
     await timers.fire_now(f"{key}#1")
     await timers.release_parked(tenant, "resize")
     await timers.cancel(f"{key}#1")
@@ -205,6 +214,13 @@ async def _run_every_query(mongo: Mongo) -> None:
     assert await tasks.mark_function_tasks(tenant, "resize", st.WAITING, st.INVALID) > 0
     # the schedulers' expiry sweep
     await tasks.delete_expired(datetime.now(UTC) + timedelta(hours=2))
+    # max_rate buckets: created, compare-and-set with what was seen, read again after a
+    # lost race, and a refusal
+    rates, bucket, now = RateStore(mongo), rate_key(tenant, "resize"), 1_000_000.0
+    grant = await rates.take(bucket, 5.0, 2, now, None)
+    grant = await rates.take(bucket, 5.0, 2, now, grant.tat)
+    assert (await rates.take(bucket, 5.0, 2, now + 1, grant.tat - 0.5)).tokens == 2
+    assert (await rates.take(bucket, 0.01, 1, now + 1, None)).tokens == 0
 
 
 async def test_every_store_query_is_answered_from_an_index(
@@ -217,7 +233,7 @@ async def test_every_store_query_is_answered_from_an_index(
     # the workload reached every kind of query the store sends
     for expected in [("find", "tasks"), ("update", "tasks"), ("delete", "tasks"), ("find", "timers"),
                      ("update", "timers"), ("delete", "timers"), ("delete", "task_ids"),
-                     ("find", "versions")]:
+                     ("find", "versions"), ("find", "rates"), ("update", "rates")]:
         assert expected in seen, f"no {expected[0]} on {expected[1]} was issued"
     # The embedded server writes a findAndModify through `{_id, $and: [query]}`, and
     # a top-level `$and` reads every document: task writes are updates by `_id`.

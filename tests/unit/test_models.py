@@ -317,7 +317,7 @@ def test_dump_uses_async() -> None:
     assert dumped["async"]["on_failure"] == {"type": "webhook", "url": "https://example.com/h"}
     assert set(dumped) == {
         "handler", "runtime", "memory_mb", "timeout_s", "max_concurrency", "env", "async",
-        "dedicated_queue", "paused",
+        "dedicated_queue", "paused", "max_rate",
     }
 
 

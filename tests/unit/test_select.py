@@ -161,31 +161,112 @@ def test_live_excludes_only_removing() -> None:
     assert set(State) - select.LIVE == {State.REMOVING}
 
 
-# evictable
+# victims: what to evict so a new container fits
 
 
-def test_evictable_empty_pool() -> None:
-    assert select.evictable([], KEY) is None
+def room(containers: list[Container], *, new: int = 1, memory_mb: int = 256, max_containers: int = 100,
+         budget_mb: int = 100_000, spare: Container | None = None) -> list[tuple[Container, str]] | None:
+    return select.victims(
+        containers, KEY, new=new, memory_mb=memory_mb, max_containers=max_containers,
+        budget_mb=budget_mb, spare=spare,
+    )
 
 
-def test_evictable_picks_least_recently_used_of_another_key(make: Make) -> None:
+def test_victims_none_needed_when_it_fits(make: Make) -> None:
+    pool = [make(State.READY, OTHER_FUNCTION), make(State.STEM)]
+    assert room(pool, max_containers=3, budget_mb=768) == []
+    assert room([], max_containers=1, budget_mb=256) == []
+
+
+def test_victims_empty_pool_that_cannot_fit() -> None:
+    assert room([], budget_mb=100) is None
+
+
+def test_victims_by_count_pick_the_least_recently_used_of_another_key(make: Make) -> None:
     newer = make(State.READY, OTHER_FUNCTION, idle_since=20.0)
     oldest = make(State.READY, OTHER_TENANT, idle_since=5.0)
     newest = make(State.READY, OTHER_VERSION, idle_since=30.0)
-    assert select.evictable([newer, oldest, newest], KEY) is oldest
-    assert select.evictable([newest, newer, oldest], KEY) is oldest
+    assert room([newer, oldest, newest], max_containers=3) == [(oldest, select.FOR_COUNT)]
+    assert room([newest, newer, oldest], max_containers=3) == [(oldest, select.FOR_COUNT)]
+    assert room([newest, newer, oldest], max_containers=2) == [
+        (oldest, select.FOR_COUNT), (newer, select.FOR_COUNT),
+    ]
 
 
-def test_evictable_never_picks_the_same_key(make: Make) -> None:
+def test_victims_never_the_same_key(make: Make) -> None:
     mine = make(State.READY, KEY, idle_since=1.0)
     other = make(State.READY, OTHER_VERSION, idle_since=50.0)
-    assert select.evictable([mine, other], KEY) is other
-    assert select.evictable([mine], KEY) is None
+    assert room([mine, other], max_containers=2) == [(other, select.FOR_COUNT)]
+    assert room([mine], max_containers=1) is None
 
 
-@pytest.mark.parametrize("state", NOT_READY, ids=lambda s: s.value)
-def test_evictable_only_picks_ready(make: Make, state: State) -> None:
-    assert select.evictable([make(state, OTHER_FUNCTION, idle_since=0.0)], KEY) is None
+IN_USE = [State.STARTING, State.SPECIALISING, State.BUSY]
+
+
+@pytest.mark.parametrize("state", IN_USE, ids=lambda s: s.value)
+def test_victims_never_a_container_in_use(make: Make, state: State) -> None:
+    assert room([make(state, OTHER_FUNCTION, idle_since=0.0)], max_containers=1) is None
+    assert room([make(state, None, idle_since=0.0)], budget_mb=300) is None
+
+
+def test_victims_never_a_container_being_removed(make: Make) -> None:
+    removing = make(State.REMOVING, OTHER_FUNCTION, idle_since=0.0)
+    ready = make(State.READY, OTHER_FUNCTION, idle_since=5.0)
+    assert room([removing, ready], max_containers=1) == [(ready, select.FOR_COUNT)]
+    assert room([removing], max_containers=1, budget_mb=256) == []  # it takes no room
+
+
+def test_victims_by_memory_until_it_fits(make: Make) -> None:
+    old = make(State.READY, OTHER_FUNCTION, idle_since=1.0, memory_mb=128)
+    mid = make(State.READY, OTHER_TENANT, idle_since=2.0, memory_mb=512)
+    new = make(State.READY, OTHER_VERSION, idle_since=3.0, memory_mb=1024)
+    busy = make(State.BUSY, OTHER_FUNCTION, memory_mb=1024)
+    pool = [new, busy, mid, old]  # 2688 MB in use
+    # 1024 more within 3072: 640 MB must go, the least recently used first.
+    assert room(pool, memory_mb=1024, budget_mb=3072) == [
+        (old, select.FOR_MEMORY), (mid, select.FOR_MEMORY),
+    ]
+    assert room(pool, memory_mb=1024, budget_mb=3712) == []
+    # Even with every idle one gone it would not fit: none goes.
+    assert room(pool, memory_mb=2048, budget_mb=3000) is None
+
+
+def test_victims_count_then_memory(make: Make) -> None:
+    first = make(State.READY, OTHER_FUNCTION, idle_since=1.0, memory_mb=128)
+    second = make(State.READY, OTHER_TENANT, idle_since=2.0, memory_mb=128)
+    third = make(State.READY, OTHER_VERSION, idle_since=3.0, memory_mb=512)
+    chosen = room([first, second, third], memory_mb=512, max_containers=3, budget_mb=640)
+    assert chosen == [
+        (first, select.FOR_COUNT), (second, select.FOR_MEMORY), (third, select.FOR_MEMORY),
+    ]
+
+
+def test_victims_take_idle_stem_cells_after_warm_ones_largest_first(make: Make) -> None:
+    warm_one = make(State.READY, OTHER_FUNCTION, idle_since=100.0, memory_mb=128)
+    small = make(State.STEM, memory_mb=128)
+    large = make(State.STEM, memory_mb=512)
+    starting = make(State.STARTING, memory_mb=512)
+    pool = [small, large, warm_one, starting]  # 1280 MB
+    assert room(pool, memory_mb=256, budget_mb=1420) == [(warm_one, select.FOR_MEMORY)]
+    assert room(pool, memory_mb=256, budget_mb=1200) == [
+        (warm_one, select.FOR_MEMORY), (large, select.FOR_MEMORY),
+    ]
+
+
+def test_victims_spare_the_stem_cell_being_claimed(make: Make) -> None:
+    claimed = make(State.STEM, memory_mb=128)
+    other = make(State.STEM, memory_mb=128)
+    # Resizing the claimed cell from 128 to 512 MB: 384 MB more, no new container.
+    assert room([claimed, other], new=0, memory_mb=384, budget_mb=512, spare=claimed) == [
+        (other, select.FOR_MEMORY),
+    ]
+    assert room([claimed], new=0, memory_mb=384, budget_mb=256, spare=claimed) is None
+
+
+def test_memory_in_use_counts_live_containers(make: Make) -> None:
+    pool = [make(state, KEY, memory_mb=100) for state in State] + [make(State.STEM, memory_mb=1000)]
+    assert select.memory_in_use(pool) == 100 * (len(State) - 1) + 1000
+    assert select.memory_in_use([]) == 0
 
 
 # expired

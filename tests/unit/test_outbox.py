@@ -1,0 +1,309 @@
+"""The outbox's decisions with stand-ins for the stores and the webhook client: one inline
+attempt, the hand-off, the attempts by timer within the policy, and the task record's
+`destination` at each step. (tests/e2e/test_async_outbox.py runs it on a real platform.)"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from runtime.destinations import Destinations, build_record
+from runtime.models import WebhookDestination
+from runtime.outbox import RECORD_WAIT_S, Outbox
+from runtime.settings import Settings, load_settings
+from runtime.store.timers import OUTBOX
+from tests.harness import NoBroker
+
+INLINE_S = 0.2
+ATTEMPTS = 3
+BACKOFF_S = 0.5
+HOOK = WebhookDestination(type="webhook", url="http://hooks.example/done?secret=1")
+KEY = "t1/task-1/resize"
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Webhooks:
+    """The webhook client: answers each POST with the next of `script` (then `default`);
+    "hang" never answers."""
+
+    def __init__(self) -> None:
+        self.script: list[int | str] = []
+        self.default: int | str = 200
+        self.posts: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        self.posts.append(headers["X-Fnhost-Task-Id"])
+        answer = self.script.pop(0) if self.script else self.default
+        if answer == "hang":
+            await asyncio.sleep(3600)
+        return int(answer), "Whatever"
+
+
+class Timers:
+    """The timer store: outbox timers by id, with the lease a claim gives them."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.settled = asyncio.Event()
+
+    async def hold(self, timer_id: str, due_at: datetime, *, tenant: str, function: str,
+                   delivery: dict[str, Any]) -> None:
+        self.docs[timer_id] = {"_id": timer_id, "due_at": due_at, "kind": OUTBOX, "tenant": tenant,
+                               "function": function, "delivery": delivery, "lease": None}
+
+    def claim(self, timer_id: str) -> dict[str, Any]:
+        self.docs[timer_id]["lease"] = secrets.token_hex(4)
+        self.settled.clear()
+        return copy.deepcopy(self.docs[timer_id])
+
+    async def put_back(self, doc: dict[str, Any], due_at: datetime,
+                       changes: dict[str, Any] | None = None) -> bool:
+        stored = self.docs.get(doc["_id"])
+        self.settled.set()
+        if stored is None or stored["lease"] != doc["lease"]:
+            return False
+        stored.update(due_at=due_at, lease=None)
+        for path, value in (changes or {}).items():
+            stored["delivery"][path.removeprefix("delivery.")] = value
+        return True
+
+    async def done(self, doc: dict[str, Any]) -> None:
+        if self.docs.get(doc["_id"], {}).get("lease") == doc["lease"]:
+            del self.docs[doc["_id"]]
+        self.settled.set()
+
+
+class Tasks:
+    """The task store: records by key; `fields` as `set_fields` left them."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return copy.deepcopy(self.records.get(key))
+
+    async def set_fields(self, key: str, fields: dict[str, Any]) -> None:
+        self.records.setdefault(key, {}).update(fields)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(
+        destination_inline_s=INLINE_S, webhook_timeout_s=0.5, webhook_retry_attempts=ATTEMPTS,
+        webhook_backoff_s=BACKOFF_S, destination_circuit_s=10, outbox_per_destination=1,
+    )
+
+
+@pytest.fixture
+def webhooks() -> Webhooks:
+    return Webhooks()
+
+
+@pytest.fixture
+def timers() -> Timers:
+    return Timers()
+
+
+@pytest.fixture
+def tasks() -> Tasks:
+    return Tasks()
+
+
+@pytest.fixture
+async def outbox(settings: Settings, webhooks: Webhooks, timers: Timers, tasks: Tasks
+                 ) -> AsyncIterator[Outbox]:
+    destinations = Destinations(settings, cast(Any, NoBroker()), None, webhooks)
+    await destinations.start()
+    box = Outbox(settings, destinations, cast(Any, timers), cast(Any, tasks))
+    yield box
+    await box.close()
+    await destinations.close()
+
+
+def a_record(task_id: str = "task-1") -> dict[str, Any]:
+    return build_record(
+        request_id="req-1", task_id=task_id, function="resize", version="v1", condition="Success",
+        invoke_count=1, payload=b"{}", content_type="application/json", status_code=200,
+        function_error=None, result=b"{}", result_content_type="application/json",
+    )
+
+
+async def deliver(outbox: Outbox, tasks: Tasks, task_id: str = "task-1", key: str = KEY,
+                  task_mode: bool = True) -> dict[str, Any]:
+    """As TaskRunner._finish does: deliver, then store the final status with the result."""
+    shown = await outbox.deliver("t1", HOOK, a_record(task_id), function="resize", key=key,
+                                 task_mode=task_mode)
+    if task_mode:
+        tasks.records[key] = {"status": "Succeeded", "destination": shown}
+    return shown
+
+
+async def fire(outbox: Outbox, timers: Timers, timer_id: str) -> None:
+    """The timer loop claims the timer and hands it over; wait until it is settled."""
+    outbox.take(timers.claim(timer_id))
+    await asyncio.wait_for(timers.settled.wait(), 5)
+
+
+def only_timer(timers: Timers) -> str:
+    (timer_id,) = timers.docs
+    return timer_id
+
+
+async def test_delivered_inline_leaves_no_timer(outbox: Outbox, webhooks: Webhooks, timers: Timers,
+                                                tasks: Tasks) -> None:
+    shown = await deliver(outbox, tasks)
+    assert shown | {"duration_ms": 0} == {
+        "type": "webhook", "target": HOOK.url, "status": "delivered", "attempts": 1, "error": None,
+        "duration_ms": 0,
+    }
+    assert webhooks.posts == ["task-1"] and timers.docs == {}
+
+
+async def test_a_client_error_fails_at_once_without_the_outbox(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.default = 404
+    shown = await deliver(outbox, tasks)
+    assert (shown["status"], shown["attempts"]) == ("failed", 1) and "404" in shown["error"]
+    assert timers.docs == {}
+    assert (await deliver(outbox, tasks, "task-2"))["attempts"] == 1  # no circuit opened by it
+
+
+async def test_a_hanging_webhook_is_handed_off_after_the_inline_deadline(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.default = "hang"
+    started = time.monotonic()
+    shown = await deliver(outbox, tasks)
+    took = time.monotonic() - started
+    assert INLINE_S <= took < INLINE_S + 0.3
+    assert shown["status"] == "pending" and shown["attempts"] == 1, shown
+    assert shown["error"] == f"no answer within {INLINE_S:g} s"
+    timer = timers.docs[only_timer(timers)]
+    box = timer["delivery"]
+    assert shown["outbox"] == box["handoff"]
+    assert (box["key"], box["task_id"], box["condition"], box["attempts"]) == (KEY, "task-1", "Success", 1)
+    assert box["destination"] == {"type": "webhook", "url": HOOK.url}
+    wait = (timer["due_at"] - datetime.now(UTC)).total_seconds()
+    assert BACKOFF_S - 0.5 < wait <= BACKOFF_S  # the policy's wait before attempt 2
+
+
+async def test_after_a_failure_the_next_records_skip_the_inline_attempt(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.default = "hang"
+    await deliver(outbox, tasks)
+    started = time.monotonic()
+    shown = await deliver(outbox, tasks, "task-2", key="t1/task-2/resize")
+    assert time.monotonic() - started < INLINE_S / 2  # no inline wait this time
+    assert webhooks.posts == ["task-1"]  # task-2 was not tried inline
+    assert shown["status"] == "pending" and shown["attempts"] == 0
+    assert "not tried inline" in shown["error"] and "no answer" in shown["error"]
+    due = [t["due_at"] for t in timers.docs.values() if t["delivery"]["task_id"] == "task-2"]
+    assert due and due[0] <= datetime.now(UTC)  # its first attempt is due at once
+
+
+async def test_the_outbox_delivers_and_records_it(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.script = [503]
+    shown = await deliver(outbox, tasks)
+    assert shown["status"] == "pending"
+    await fire(outbox, timers, only_timer(timers))
+    assert timers.docs == {}
+    destination = tasks.records[KEY]["destination"]
+    assert destination["status"] == "delivered" and destination["attempts"] == 2, destination
+    assert destination["outbox"] == shown["outbox"] and destination["error"] is None
+    assert webhooks.posts == ["task-1", "task-1"]
+
+
+async def test_the_outbox_gives_up_after_the_policy_s_attempts(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.default = 500
+    await deliver(outbox, tasks)
+    timer_id = only_timer(timers)
+    await fire(outbox, timers, timer_id)  # attempt 2: fails, put back for attempt 3
+    destination = tasks.records[KEY]["destination"]
+    assert (destination["status"], destination["attempts"]) == ("pending", 2), destination
+    assert destination["error"] == "HTTP 500 Whatever"
+    wait = (timers.docs[timer_id]["due_at"] - datetime.now(UTC)).total_seconds()
+    assert BACKOFF_S * 2 - 0.5 < wait <= BACKOFF_S * 2  # doubled
+    await fire(outbox, timers, timer_id)  # attempt 3, the last one
+    destination = tasks.records[KEY]["destination"]
+    assert (destination["status"], destination["attempts"]) == ("failed", ATTEMPTS), destination
+    assert timers.docs == {} and len(webhooks.posts) == ATTEMPTS
+
+
+async def test_without_task_mode_it_delivers_without_a_record(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.script = [500]
+    await deliver(outbox, tasks, task_mode=False)
+    await fire(outbox, timers, only_timer(timers))
+    assert timers.docs == {} and len(webhooks.posts) == 2
+    assert tasks.records == {} and tasks.reads == 0
+
+
+async def test_an_attempt_waits_for_the_task_record_to_show_its_hand_off(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.script = [500]
+    shown = await outbox.deliver("t1", HOOK, a_record(), function="resize", key=KEY, task_mode=True)
+    tasks.records[KEY] = {"status": "Running", "destination": None}  # its final write not yet done
+    timer_id = only_timer(timers)
+    await fire(outbox, timers, timer_id)
+    assert len(webhooks.posts) == 1  # no attempt made
+    box = timers.docs[timer_id]["delivery"]
+    assert box["attempts"] == 1
+    assert (timers.docs[timer_id]["due_at"] - datetime.now(UTC)).total_seconds() <= RECORD_WAIT_S
+    tasks.records[KEY] = {"status": "Succeeded", "destination": shown}
+    await fire(outbox, timers, timer_id)
+    assert tasks.records[KEY]["destination"]["status"] == "delivered"
+
+
+async def test_an_older_hand_off_delivers_but_leaves_the_record_alone(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.script = [500]
+    await deliver(outbox, tasks)
+    newer = {"status": "delivered", "attempts": 1, "type": "webhook"}  # a run repeated after a crash
+    tasks.records[KEY]["destination"] = newer
+    await fire(outbox, timers, only_timer(timers))
+    assert len(webhooks.posts) == 2 and timers.docs == {}
+    assert tasks.records[KEY]["destination"] == newer
+
+
+async def test_a_destination_with_its_attempts_in_flight_makes_the_others_wait(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.script = [500, "hang"]  # outbox_per_destination is 1
+    await deliver(outbox, tasks, "task-1", key="t1/task-1/resize")
+    await deliver(outbox, tasks, "task-2", key="t1/task-2/resize")  # not tried inline
+    first, second = sorted(timers.docs, key=lambda t: timers.docs[t]["delivery"]["task_id"])
+    outbox.take(timers.claim(first))  # hangs
+    for _ in range(50):
+        if len(webhooks.posts) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert webhooks.posts == ["task-1", "task-1"]
+    await fire(outbox, timers, second)
+    assert len(webhooks.posts) == 2  # not attempted: put back, its attempts untouched
+    assert timers.docs[second]["delivery"]["attempts"] == 0
+    assert timers.docs[second]["due_at"] > datetime.now(UTC) + timedelta(seconds=0.2)
