@@ -153,8 +153,9 @@ class Settings(BaseSettings):
     promote_waiting: Annotated[int, Field(ge=1, le=10000)] = 8
     promote_wait_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     # FNHOST_PROMOTE_INFLIGHT, FNHOST_PROMOTE_SHARE: promoted when it holds this many of
-    # its tenant's messages in hand and this share of them (or of the tenant's recent
-    # run time) while another function of the tenant is active.
+    # its tenant's messages in hand and this share of the consumer's prefetch, or of
+    # the tenant's messages in hand (or recent run time) while another of the tenant's
+    # functions is active.
     promote_inflight: Annotated[int, Field(ge=1, le=100000)] = 16
     promote_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     # FNHOST_DEMOTE_AFTER_S: a promoted function idle this long with its queue empty

@@ -38,3 +38,13 @@ def webhook() -> Iterator[Webhook]:
     """A local HTTP server that records the POSTs a webhook destination makes."""
     with Webhook() as hook:
         yield hook
+
+
+@pytest.fixture
+def second_gateway(platform: Platform) -> Iterator[str]:
+    """Another gateway process of the shared platform, on a port of its own: its URL."""
+    name = "gateway-2"
+    try:
+        yield platform.start_gateway(name)
+    finally:
+        platform.stop_role(name)

@@ -121,6 +121,19 @@ class Platform:
         self.procs[name] = proc
         return proc
 
+    def start_gateway(self, name: str) -> str:
+        """Another gateway process of this platform, on a port of its own: its URL, once
+        it is ready."""
+        port = free_port()
+        proc = self.start_role("gateway", name, bind=f"127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        wait_port(port, 30, proc)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, self.tail()
+            time.sleep(0.1)
+        return url
+
     def start_scheduler(self, scheduler_id: str) -> subprocess.Popen[bytes]:
         """Another scheduler of this platform, with an id (and data folder) of its own."""
         data_dir = self.data_dir / scheduler_id

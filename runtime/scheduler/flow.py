@@ -13,6 +13,10 @@ message there, so the tenant's other functions keep flowing. The signals, with
 thresholds from the settings (as Amazon SQS fair queues mark a noisy group):
 
 - waiting behind its window: `waiting` messages, or the oldest for `wait_s`;
+- its messages in hand (at least `inflight`, whether waiting, running or having
+  their record written and destination served) hold `share` of what the
+  consumer may hold of the tenant's queue (its prefetch): what is behind them in
+  the queue waits for them;
 - its share of the tenant's messages in hand (at least `inflight` of them, and
   `share` of the tenant's), while another function of the tenant is active;
 - its share of the tenant's recent run time (`share`, over `RUN_TIME_TAU_S`),
@@ -38,9 +42,9 @@ from runtime.flow.aimd import DispatchWindow
 RUN_TIME_TAU_S = 30.0
 # Another function of the tenant counts as active for this long after its last message.
 ACTIVE_S = 30.0
-WAITING, OLDEST_WAIT, INFLIGHT_SHARE, RUN_TIME_SHARE = (
-    "waiting behind its concurrency", "oldest message waiting", "share of messages in hand",
-    "share of recent run time",
+WAITING, OLDEST_WAIT, WINDOW_SHARE, INFLIGHT_SHARE, RUN_TIME_SHARE = (
+    "waiting behind its concurrency", "oldest message waiting", "share of the consumer's window",
+    "share of messages in hand", "share of recent run time",
 )
 
 
@@ -50,6 +54,7 @@ class Thresholds:
     wait_s: float = 1.0
     inflight: int = 16
     share: float = 0.5
+    prefetch: int = 64  # what a consumer holds of a tenant's queue (FNHOST_ASYNC_PREFETCH)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class _Waiter:
 class FunctionFlow:
     window: DispatchWindow
     running: int = 0
+    finishing: int = 0  # ran; their record or destination hand-off not done yet
     waiters: deque[_Waiter] = field(default_factory=deque)
     run_s: float = 0.0  # decayed recent run time
     run_at: float = 0.0
@@ -70,8 +76,12 @@ class FunctionFlow:
     idle_since: float = 0.0  # nothing in hand or waiting since then
 
     @property
+    def in_hand(self) -> int:
+        return self.running + self.finishing + len(self.waiters)
+
+    @property
     def busy(self) -> bool:
-        return self.running > 0 or bool(self.waiters)
+        return self.in_hand > 0
 
 
 def _decayed(value: float, since: float, now: float) -> float:
@@ -146,17 +156,26 @@ class Flow:
                 self._drop(flow, waiter)
             raise
 
-    def leave(self, tenant: str, function: str, run_s: float = 0.0) -> None:
-        """A slot is free: its message is settled. `run_s`: time spent running."""
+    def leave(self, tenant: str, function: str, run_s: float = 0.0, finishing: bool = False) -> None:
+        """A slot is free. `run_s`: time spent running; `finishing`: its message is still
+        in hand (call `settled` once it is)."""
         flow = self._tenants[tenant][function]
         now = self._clock()
         if run_s > 0:
             flow.run_s = _decayed(flow.run_s, flow.run_at, now) + run_s
             flow.run_at = now
         flow.running -= 1
+        flow.finishing += finishing
         self._wake(flow)
         if not flow.busy:
             flow.idle_since = now
+
+    def settled(self, tenant: str, function: str) -> None:
+        """The message of a slot left with `finishing` is settled."""
+        flow = self._tenants[tenant][function]
+        flow.finishing -= 1
+        if not flow.busy:
+            flow.idle_since = self._clock()
 
     def on_success(self, tenant: str, function: str) -> None:
         flow = self.find(tenant, function)
@@ -219,17 +238,21 @@ class Flow:
         return None
 
     def _share_reason(self, tenant: str, function: str, flow: FunctionFlow, now: float) -> str | None:
-        """Whether this function crowds out its tenant's other active functions."""
+        """Whether this function crowds out its tenant's other functions."""
+        share = self._thresholds.share
+        in_hand = flow.in_hand
+        if in_hand >= self._thresholds.inflight and in_hand >= share * self._thresholds.prefetch:
+            # It holds that share of what the consumer may hold of the tenant's queue:
+            # whatever waits behind it there waits for it.
+            return WINDOW_SHARE
         others = [
             f for name, f in self._tenants.get(tenant, {}).items()
             if name != function and now - f.last_seen < ACTIVE_S
         ]
         if not others:
             return None  # nobody to crowd out
-        share = self._thresholds.share
-        in_hand = flow.running + len(flow.waiters)
         if in_hand >= self._thresholds.inflight:
-            in_hand_all = in_hand + sum(f.running + len(f.waiters) for f in others)
+            in_hand_all = in_hand + sum(f.in_hand for f in others)
             if in_hand / in_hand_all >= share:
                 return INFLIGHT_SHARE
         mine = _decayed(flow.run_s, flow.run_at, now)

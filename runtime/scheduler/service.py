@@ -81,6 +81,7 @@ class Scheduler:
         self.flow = Flow(Thresholds(
             waiting=self.settings.promote_waiting, wait_s=self.settings.promote_wait_s,
             inflight=self.settings.promote_inflight, share=self.settings.promote_share,
+            prefetch=self.settings.async_prefetch,
         ))
         self.router = Router(self.functions, self.cache, self.publisher, self.connection)
         self.runner = TaskRunner(

@@ -151,11 +151,25 @@ class Slot:
     function: str
     taken: float
     held: bool = True
+    finishing: bool = False
 
     def release(self) -> None:
+        """Its invocation is over; its message is still in hand."""
+        if self.held:
+            self.held = False
+            self.flow.leave(
+                self.tenant, self.function, time.perf_counter() - self.taken, finishing=True
+            )
+            self.finishing = True
+
+    def settle(self) -> None:
+        """Its message is settled."""
         if self.held:
             self.held = False
             self.flow.leave(self.tenant, self.function, time.perf_counter() - self.taken)
+        elif self.finishing:
+            self.finishing = False
+            self.flow.settled(self.tenant, self.function)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -303,7 +317,7 @@ class TaskRunner:
         try:
             await self._run(job, record, slot, status)
         finally:
-            slot.release()
+            slot.settle()
 
     async def _run(
         self, job: Job, record: FunctionRecord, slot: Slot,

@@ -9,8 +9,6 @@ a MongoDB-wire server and Docker.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,14 +21,12 @@ import httpx
 import pytest
 
 from tests.harness import (
-    ROOT,
     MongoServer,
     Platform,
     Webhook,
     assert_error,
     container_gone,
     deploy,
-    free_port,
     invoke,
     list_all_tasks,
     submit_event,
@@ -192,32 +188,6 @@ def test_tasks_belong_to_their_tenant(platform: Platform, tenant: httpx.Client) 
         assert theirs["result"] == {"message": "hello, other"}, theirs
     assert ok(tenant.get(f"/v1/tasks/{tid}"))["result"] == {"message": "hello, world"}
     assert [t["task_id"] for t in list_all_tasks(tenant)] == [tid]
-
-
-@pytest.fixture
-def second_gateway(platform: Platform) -> Iterator[str]:
-    """Another gateway process of the same platform, on a port of its own."""
-    port = free_port()
-    env = {**platform.env, "FNHOST_BIND": f"127.0.0.1:{port}"}
-    log_path = platform.data_dir / "gateway-2.log"
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "gateway"], env=env,
-                                cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_port(port, 30, proc)
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_duplicate_task_id_across_gateways(tenant: httpx.Client, second_gateway: str) -> None:

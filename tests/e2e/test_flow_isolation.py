@@ -173,3 +173,31 @@ def test_sync_never_waits_behind_async_backlog(client: httpx.Client) -> None:
     r = client.delete("/v1/functions/backlog")  # its backlog ends Invalid, not our business here
     assert r.status_code in (200, 204), r.text
     assert backlog
+
+
+def test_timeouts_shrink_the_dispatch_window(flow_platform: Platform, client: httpx.Client) -> None:
+    tenant = client.tenant_id  # type: ignore[attr-defined]
+    deployed(client, "stuck", {"max_concurrency": 8, "timeout_s": 0.3,
+                               "async": {"max_retry_attempts": 0}})
+    tasks = [submit(client, "stuck", 5.0) for _ in range(8)]
+    finals = [wait_task(client, t, timeout=60) for t in tasks]
+    assert [t["status"] for t in finals] == ["Failed"] * 8, finals
+    assert all(t["error"]["errorType"] == "Timeout" for t in finals), finals
+
+    # A surge of timeouts is a capacity signal: the window was cut below its bound
+    # (max_concurrency), and the schedulers' metrics show it.
+    labels = f'function="stuck",scheduler="{flow_platform.scheduler_id}",tenant="{tenant}"'
+
+    def window() -> tuple[float, float] | None:
+        text = httpx.get(f"{flow_platform.url}/metrics", timeout=10).text
+        values = {}
+        for line in text.splitlines():
+            for name in ("fnhost_dispatch_window", "fnhost_dispatch_ceiling"):
+                if line.startswith(f"{name}{{{labels}}} "):
+                    values[name] = float(line.rsplit(" ", 1)[1])
+        if len(values) < 2:
+            return None
+        return values["fnhost_dispatch_window"], values["fnhost_dispatch_ceiling"]
+
+    limit, ceiling = eventually(window, 10, "the stuck function's window in /metrics")
+    assert ceiling == 8 and limit <= 4, (limit, ceiling)

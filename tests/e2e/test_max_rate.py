@@ -12,14 +12,13 @@ from typing import Any
 import httpx
 
 from runtime.flow.rate import burst
-from tests.e2e.test_async_tasks import second_gateway  # noqa: F401  (a fixture)
 from tests.harness import assert_error, deploy, function_zip, invoke, returns, submit_event
 
 RATE = 5.0
 SECONDS = 3.0
 
 
-def test_max_rate_holds_across_two_gateways(tenant: httpx.Client, second_gateway: str) -> None:  # noqa: F811
+def test_max_rate_holds_across_two_gateways(tenant: httpx.Client, second_gateway: str) -> None:
     r = deploy(tenant, "limited", "hello", {"max_rate": RATE})
     assert r.status_code == 201, r.text
     assert r.json()["config"]["max_rate"] == RATE

@@ -13,6 +13,7 @@ from runtime.scheduler.flow import (
     OLDEST_WAIT,
     RUN_TIME_SHARE,
     WAITING,
+    WINDOW_SHARE,
     Flow,
     Thresholds,
 )
@@ -135,3 +136,19 @@ async def test_idle_time_and_forgetting() -> None:
     assert flow.idle_for("t", "f") == 30
     flow.forget_idle(10)
     assert flow.functions() == []
+
+
+async def test_holding_the_consumers_window_sets_it_aside_even_alone() -> None:
+    flow = make(inflight=4, share=0.5, prefetch=8, wait_s=10)
+    for _ in range(3):
+        assert await flow.admit("t", "f", 10, shared=True) is None
+        flow.leave("t", "f", finishing=True)  # ran; its destination is still being served
+    assert await flow.admit("t", "f", 10, shared=True) is None
+    assert flow.get("t", "f").in_hand == 4
+    # Four of the eight messages the consumer may hold: what is behind them waits.
+    assert await flow.admit("t", "f", 10, shared=True) == WINDOW_SHARE
+    assert await flow.admit("t", "f", 10, shared=False) is None  # its own queue: fine
+    for _ in range(3):
+        flow.settled("t", "f")
+    assert flow.get("t", "f").in_hand == 2
+    assert await flow.admit("t", "f", 10, shared=True) is None
