@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime import constants as c  # noqa: E402
 from runtime.broker import topology  # noqa: E402
-from tests.harness import Vhost  # noqa: E402
+from tests.harness import Vhost, rabbitmq_cli  # noqa: E402
 
 # Queue arguments as fnhost declares a tenant queue (runtime/broker/topology.py), per
 # type. A classic queue has no delivery limit and a stream neither a delivery limit nor
@@ -77,23 +77,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def ctl(*args: str, tool: str = "rabbitmqctl", timeout: float = CTL_TIMEOUT_S) -> str:
-    """Run a RabbitMQ CLI tool and return its output; bounded, and in its own session so
-    that a timeout kills the whole group (as root the wrapper runs the CLI under `su`)."""
+    """Run a RabbitMQ CLI tool and return its output, bounded (tests/harness.py)."""
     path = shutil.which(tool)
     if path is None:
         raise SystemExit(f"{tool} is not installed")
-    with subprocess.Popen([path, "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise RuntimeError(f"`{tool} {' '.join(args)}` took over {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{tool} {' '.join(args)}` failed: {err.decode(errors='replace').strip()}")
-    return out.decode()
+    return rabbitmq_cli([path, "-q", *args], timeout)
 
 
 def beam_pid() -> int:

@@ -330,8 +330,8 @@ class Vhost:
         ctl = shutil.which("rabbitmqctl")
         if ctl is None:
             raise RuntimeError("rabbitmqctl is not installed: cannot create a test vhost")
-        _rabbitmqctl([ctl, "-q", "add_vhost", self.name])
-        _rabbitmqctl([ctl, "-q", "set_permissions", "-p", self.name, self.user, ".*", ".*", ".*"])
+        rabbitmq_cli([ctl, "-q", "add_vhost", self.name])
+        rabbitmq_cli([ctl, "-q", "set_permissions", "-p", self.name, self.user, ".*", ".*", ".*"])
         return self
 
     def delete(self) -> None:
@@ -339,14 +339,15 @@ class Vhost:
         ctl = shutil.which("rabbitmqctl")
         if ctl is not None:
             with contextlib.suppress(RuntimeError):
-                _rabbitmqctl([ctl, "-q", "delete_vhost", self.name])
+                rabbitmq_cli([ctl, "-q", "delete_vhost", self.name])
 
 
 RABBITMQCTL_TIMEOUT_S = 60.0
 
 
-def _rabbitmqctl(args: list[str]) -> None:
-    """Run rabbitmqctl, bounded: a stalled broker must fail the test, not hang the session.
+def rabbitmq_cli(args: list[str], timeout: float = RABBITMQCTL_TIMEOUT_S) -> str:
+    """Run a RabbitMQ CLI tool (`args` with its path first), bounded: a stalled broker must
+    fail the test, not hang the session; returns its output.
 
     Its own session, so that a timeout kills the whole group: as root the wrapper runs
     the Erlang CLI under `su`, which killing only the direct child would leave behind.
@@ -355,7 +356,7 @@ def _rabbitmqctl(args: list[str]) -> None:
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           start_new_session=True) as proc:
         try:
-            _, err = proc.communicate(timeout=RABBITMQCTL_TIMEOUT_S)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -363,11 +364,12 @@ def _rabbitmqctl(args: list[str]) -> None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=5)
             raise RuntimeError(
-                f"`{command}` did not finish in {RABBITMQCTL_TIMEOUT_S:.0f} s: "
+                f"`{command}` did not finish in {timeout:.0f} s: "
                 "is the RabbitMQ broker stalled? (see /var/log/rabbitmq/)"
             ) from None
     if proc.returncode != 0:
         raise RuntimeError(f"`{command}` failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+    return out.decode()
 
 
 def container_gone(docker_id: str, timeout: float = 10.0) -> bool:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from runtime import embedded_mongo
-from tests.harness import AMQP_URL, _rabbitmqctl, free_port, submit_event, wait_port
+from tests.harness import AMQP_URL, free_port, rabbitmq_cli, submit_event, wait_port
 
 BROKER_START_S = 120.0
 
@@ -29,7 +29,7 @@ def rabbitmqctl(*args: str) -> None:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
         raise RuntimeError("rabbitmqctl is not installed: cannot stop the broker")
-    _rabbitmqctl([ctl, "-q", *args])
+    rabbitmq_cli([ctl, "-q", *args])
 
 
 @contextlib.contextmanager
