@@ -233,14 +233,14 @@ async def sweep(connection: AbstractConnection, numbers: list[int], workers: int
 
     async def worker(mine: list[int]) -> None:
         nonlocal reads
-        channel = await connection.channel()
+        depths = topology.DepthReader(connection, CTL_TIMEOUT_S)
         while time.monotonic() < deadline:
             for n in mine:
-                await topology.queue_depth(channel, c.tenant_queue(tenant(n)))
+                await depths.read(c.tenant_queue(tenant(n)))
                 reads += 1
                 if time.monotonic() >= deadline:
                     break
-        await channel.close()
+        await depths.close()
 
     t0, ticks0 = time.monotonic(), cpu_ticks(pid)
     await asyncio.gather(*(worker(numbers[w::workers]) for w in range(workers)))

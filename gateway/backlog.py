@@ -18,10 +18,9 @@ import contextlib
 import logging
 import time
 
-import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aiormq.exceptions import ChannelNotFoundEntity
+from aio_pika.abc import AbstractRobustConnection
 
+from runtime.broker.topology import DepthReader
 from runtime.flow.backpressure import Backpressure
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class BacklogMonitor:
         self._connection = connection
         self._backpressure = backpressure
         self._poll_s = poll_s
-        self._channel: AbstractChannel | None = None
+        self._depths = DepthReader(connection, DECLARE_TIMEOUT_S)
         self._missing: dict[str, float] = {}  # queue -> when to ask again
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -56,7 +55,6 @@ class BacklogMonitor:
                     log.warning("reading queue backlogs failed (%s): back-pressure is off "
                                 "until it works again", exc)
                 self._failing = True
-                await self._drop_channel()
             self._backpressure.refresh()
             await asyncio.sleep(max(0.0, self._poll_s - (time.monotonic() - started)))
 
@@ -68,36 +66,15 @@ class BacklogMonitor:
         for queue in self._backpressure.watched():
             if queue in self._missing:
                 continue
-            channel = await self._underlay()
-            try:
-                declared = await asyncio.wait_for(
-                    channel.queue_declare(queue, passive=True), DECLARE_TIMEOUT_S
-                )
-            except ChannelNotFoundEntity:
+            depth = await self._depths.read(queue)
+            if depth is None:
                 self._missing[queue] = time.monotonic() + MISSING_RETRY_S
-                await self._drop_channel()  # the broker closed it
                 continue
-            self._backpressure.observe(queue, int(declared.message_count or 0))
-
-    async def _underlay(self) -> aiormq.abc.AbstractChannel:
-        if self._channel is None or self._channel.is_closed:
-            self._channel = await asyncio.wait_for(
-                self._connection.channel(publisher_confirms=False), DECLARE_TIMEOUT_S
-            )
-        # The raw channel: aio-pika's robust channel answers a passive declare of a
-        # queue it declared before from memory, with the depth of that time. (It waits
-        # for a lost connection to come back: bounded.)
-        return await asyncio.wait_for(self._channel.get_underlay_channel(), DECLARE_TIMEOUT_S)
-
-    async def _drop_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                await channel.close()
+            self._backpressure.observe(queue, depth[0])
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._drop_channel()
+        await self._depths.close()

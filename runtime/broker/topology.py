@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from runtime import constants as c
 
@@ -133,12 +137,40 @@ async def unbind_function_queue(channel: AbstractChannel, tenant: str, function:
     await queue.unbind(exchange, routing_key=c.function_route(tenant, function))
 
 
-async def queue_depth(channel: AbstractChannel, name: str) -> tuple[int, int]:
-    """(ready messages, consumers) of a queue, by a passive declare. A missing queue
-    raises ChannelNotFoundEntity and closes the channel.
+class DepthReader:
+    """Reads queues' depths by passive declares on a channel of its own, reopened when
+    the broker closed it (a passive declare of a missing queue does that).
 
     On the AMQP channel itself: a robust aio-pika channel answers a passive declare of
     a queue it knows from its own records, with the counts of its first declaration."""
-    underlay = await channel.get_underlay_channel()
-    result = await underlay.queue_declare(name, passive=True)
-    return int(result.message_count or 0), int(result.consumer_count or 0)
+
+    def __init__(self, connection: AbstractRobustConnection, timeout_s: float) -> None:
+        self._connection = connection
+        self._timeout_s = timeout_s
+        self._channel: AbstractChannel | None = None
+
+    async def read(self, name: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of the queue; None when it does not exist. A broker
+        error (or no answer within the timeout) is raised, and the channel dropped."""
+        try:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await asyncio.wait_for(
+                    self._connection.channel(publisher_confirms=False), self._timeout_s
+                )
+            underlay = await asyncio.wait_for(self._channel.get_underlay_channel(), self._timeout_s)
+            result = await asyncio.wait_for(
+                underlay.queue_declare(name, passive=True), self._timeout_s
+            )
+        except ChannelNotFoundEntity:
+            await self.close()
+            return None
+        except Exception:
+            await self.close()
+            raise
+        return int(result.message_count or 0), int(getattr(result, "consumer_count", 0) or 0)
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()

@@ -104,7 +104,7 @@ class QueueConsumers:
         self._owned_before: set[str] = set()
         self._swept_at = -math.inf
         self._probed: dict[str, float] = {}
-        self._probe_channel: AbstractChannel | None = None
+        self._depths = topology.DepthReader(connection, PROBE_S)
         self._channel: AbstractChannel | None = None
         self._function_channel: AbstractChannel | None = None
         self._dead_channel: AbstractChannel | None = None
@@ -269,7 +269,6 @@ class QueueConsumers:
                 continue
             before = self._partitions.owners(key)
             announce = self._partitions.observe(key, depth)
-            log.debug("%s: %d message(s) waiting, %d owner(s), announcing %s", name, depth, before, announce)
             if announce is None:
                 continue
             if announce != before:
@@ -281,17 +280,13 @@ class QueueConsumers:
             self._probed.pop(key, None)
 
     async def _depth(self, name: str) -> int | None:
+        """Messages waiting in the queue; None when it is missing or cannot be read."""
         try:
-            if self._probe_channel is None or self._probe_channel.is_closed:
-                self._probe_channel = await self._connection.channel()
-            messages, _ = await asyncio.wait_for(
-                topology.queue_depth(self._probe_channel, name), PROBE_S
-            )
-            return messages
+            depth = await self._depths.read(name)
         except Exception as exc:
             log.debug("could not read the depth of %s: %s", name, exc)
-            self._probe_channel = None
             return None
+        return None if depth is None else depth[0]
 
     async def _reconcile_functions(self) -> None:
         assert self._function_channel is not None
@@ -335,14 +330,14 @@ class QueueConsumers:
         record = await self._cache.get(tenant, function)
         if record is None or record.queue_mode != DEDICATED:
             return  # pinned, or gone (its deletion is announced)
-        depth = await self._router.depth(tenant, function)
+        depth = await self._depths.read(c.function_queue(tenant, function))
         if depth is not None and depth[0] == 0:
             await self._router.demote(tenant, function, f"quiet for {idle:.0f} s")
 
     async def _drain(self, tenant: str, function: str) -> None:
         """A function back on its tenant's queue: its queue is unbound (nothing new comes)
         and consumed here until empty; then the last consumer deletes it."""
-        depth = await self._router.depth(tenant, function)
+        depth = await self._depths.read(c.function_queue(tenant, function))
         if depth is None:
             self._dedicated.pop((tenant, function), None)
             return
@@ -350,7 +345,7 @@ class QueueConsumers:
             await self._router.unbind(tenant, function)  # the demoter may have crashed first
             return
         await self._stop_function((tenant, function))
-        depth = await self._router.depth(tenant, function)
+        depth = await self._depths.read(c.function_queue(tenant, function))
         if depth is not None and depth == (0, 0):
             with contextlib.suppress(Exception):
                 await self._router.delete(tenant, function)
@@ -369,6 +364,7 @@ class QueueConsumers:
                 await queue.cancel(tag)
         self._consuming.clear()
         self._dedicated.clear()
+        await self._depths.close()
 
 
 def _function_key(tenant: str, function: str) -> str:

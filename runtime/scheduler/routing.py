@@ -25,7 +25,6 @@ from collections import Counter
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from aiormq.exceptions import ChannelNotFoundEntity
 
 from runtime import constants as c
 from runtime.broker import topology
@@ -35,7 +34,6 @@ from runtime.cache import FunctionCache
 from runtime.store.functions import DEDICATED, SHARED, FunctionStore
 
 log = logging.getLogger(__name__)
-PROBE_TIMEOUT_S = 5.0
 
 
 class Router:
@@ -95,17 +93,6 @@ class Router:
             tenant, function, dict(message.headers or {}), message.body, message.content_type
         )
         self.counters["forwarded"] += 1
-
-    async def depth(self, tenant: str, function: str) -> tuple[int, int] | None:
-        """(ready messages, consumers) of the function's queue; None if it does not exist."""
-        try:
-            async with self._channel() as channel:
-                return await asyncio.wait_for(
-                    topology.queue_depth(channel, c.function_queue(tenant, function)),
-                    PROBE_TIMEOUT_S,
-                )
-        except ChannelNotFoundEntity:
-            return None
 
     async def delete(self, tenant: str, function: str) -> None:
         async with self._channel() as channel:

@@ -20,7 +20,7 @@ import pytest
 from runtime.broker import topology
 from runtime.settings import load_settings
 from runtime.tasks.submit import message_headers
-from tests.harness import MongoServer, Platform, Vhost, deploy, submit_event, wait_task
+from tests.harness import MongoServer, Platform, Vhost, deploy, queue_state, submit_event, wait_task
 
 
 async def declare_legacy_queue(amqp_url: str) -> None:
@@ -85,12 +85,11 @@ async def dead_letter(amqp_url: str, headers: dict[str, object]) -> None:
         )
 
 
-async def queue_depth(amqp_url: str, name: str) -> int:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
+def ready(amqp_url: str, name: str) -> int:
+    """Messages ready in a queue that must exist."""
+    state = queue_state(amqp_url, name)
+    assert state is not None, f"queue {name} does not exist"
+    return state[0]
 
 
 def test_each_cluster_fails_its_own_dead_letters_only(
@@ -128,10 +127,10 @@ def test_each_cluster_fails_its_own_dead_letters_only(
         for platform in clusters:
             name = topology.dead_letter_queue(cluster_id(platform))
             deadline = 50
-            while asyncio.run(queue_depth(vhost.url, name)) and deadline:
+            while ready(vhost.url, name) and deadline:
                 deadline -= 1
                 asyncio.run(asyncio.sleep(0.1))
-            assert asyncio.run(queue_depth(vhost.url, name)) == 0, f"{name} kept a dead letter"
+            assert ready(vhost.url, name) == 0, f"{name} kept a dead letter"
     finally:
         for client in clients:
             client.close()
