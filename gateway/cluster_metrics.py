@@ -20,6 +20,7 @@ from runtime.broker.membership import Membership
 POOL_COUNTERS = (
     "warm_starts", "stem_starts", "cold_starts", "slow_starts", "init_errors", "lost", "expired",
     "evictions", "evictions_count", "evictions_memory", "evicted_stem_cells", "stem_cells_shrunk",
+    "reserve_evictions",
 )
 FLOW_COUNTERS = {
     "promotions": "functions promoted to a dedicated queue",
@@ -54,6 +55,14 @@ class ClusterCollector(Collector):
             "fnhost_pool_memory_mb", "Memory limits of a scheduler's live containers, and its budget",
             labels=["scheduler", "kind"],
         )
+        containers = GaugeMetricFamily(
+            "fnhost_pool_containers", "A scheduler's containers by state, and the most it may hold",
+            labels=["scheduler", "state"],
+        )
+        stem_target = GaugeMetricFamily(
+            "fnhost_pool_stem_cells_target", "The stem cells a scheduler keeps in reserve",
+            labels=["scheduler"],
+        )
         flow_counters = {
             name: CounterMetricFamily(f"fnhost_queue_{name}", text, labels=["scheduler"])
             for name, text in FLOW_COUNTERS.items()
@@ -79,7 +88,14 @@ class ClusterCollector(Collector):
                 family.add_metric([member.id], float(pool.get(name, 0)))
             for kind, value in (pool.get("memory_mb") or {}).items():
                 memory.add_metric([member.id, str(kind)], float(value))
-        yield from (window, ceiling, running, waiting, memory)
+            for state, count in (pool.get("containers") or {}).items():
+                containers.add_metric([member.id, str(state)], float(count))
+            if "max_containers" in pool:
+                containers.add_metric([member.id, "max"], float(pool["max_containers"]))
+            target = (pool.get("stem_cells") or {}).get("target")
+            if target is not None:
+                stem_target.add_metric([member.id], float(target))
+        yield from (window, ceiling, running, waiting, memory, containers, stem_target)
         yield from flow_counters.values()
         yield from pool_counters.values()
 

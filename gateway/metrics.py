@@ -14,6 +14,10 @@ INVOCATIONS = Counter(
 THROTTLED = Counter(
     "fnhost_throttled_total", "Invocations refused with 429 by flow control", ["tenant", "reason"]
 )
+BURST_PROMOTIONS = Counter(
+    "fnhost_burst_promotions_total",
+    "Functions this gateway promoted to a dedicated queue on a burst of their submissions",
+)
 INVOKE_SECONDS = Histogram(
     "fnhost_sync_invoke_seconds",
     "Time from sending a sync invocation to the scheduler to its reply",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractRobustConnection
 
 from gateway.backlog import BacklogMonitor
+from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
 from gateway.throttle import RateLimiter
 from runtime.broker import topology
@@ -16,8 +17,10 @@ from runtime.broker.control import ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
+from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.flow.backpressure import Backpressure
+from runtime.flow.burst import BurstDetector
 from runtime.hop import HopClient, HopProbe
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
@@ -76,7 +79,16 @@ class Services:
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)
         await self.control.start()
-        self.publisher.on_published = WorkHints(self.control, hint_interval(self.settings)).note
+        hints = WorkHints(self.control, hint_interval(self.settings))
+        router = Router(self.functions, self.cache, self.publisher, self.connection)
+        router.control = self.control
+        self.bursts = BurstPromoter(router, BurstDetector(burst_threshold(self.settings)))
+
+        def published(tenant: str, function: str) -> None:
+            hints.note(tenant)
+            self.bursts.note(tenant, function)
+
+        self.publisher.on_published = published
         self.hop = HopClient(self.settings.cluster_token)
         self.hop_probe = HopProbe(self.membership, self.hop, self.settings.heartbeat_s)
         self.hop_probe.start()
@@ -86,6 +98,8 @@ class Services:
     async def stop(self) -> None:
         if hasattr(self, "backlog"):
             await self.backlog.close()
+        if hasattr(self, "bursts"):
+            await self.bursts.close()
         if hasattr(self, "hop_probe"):
             self.hop_probe.close()
         if hasattr(self, "hop"):

@@ -46,18 +46,25 @@ class Settings(BaseSettings):
     scheduler_bind: str = "127.0.0.1:0"
     scheduler_advertise: str | None = None
     runtime_image: str = "fnhost/python3.11"
-    stem_cells: Annotated[int, Field(ge=0, le=256)] = 4
-    max_containers: Annotated[int, Field(ge=1, le=4096)] = 64
+    # FNHOST_STEM_CELLS: the stem cells a scheduler starts with, enough for the first
+    # burst of a function at 20 at once: an idle one costs memory (its limit counts in
+    # the memory budget, about 12 MB used), not CPU.
+    stem_cells: Annotated[int, Field(ge=0, le=256)] = 20
+    # FNHOST_MAX_CONTAINERS: live containers of a scheduler (stem cells included); 0: from
+    # the host, one per 64 MB of its container memory budget (runtime/pool/memory.py),
+    # since an idle container costs memory, not CPU. The memory budget bounds them too.
+    max_containers: Annotated[int, Field(ge=0, le=4096)] = 0
     keep_alive_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     container_cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
     container_pids: Annotated[int, Field(ge=16, le=65536)] = 256
     container_tmpfs_mb: Annotated[int, Field(ge=1, le=65536)] = 64
     stem_memory_mb: Annotated[int, Field(ge=64, le=16384)] = 128
     # FNHOST_STEM_CELLS_MIN, FNHOST_STEM_CELLS_MAX: the stem pool sizes itself between
-    # these (FNHOST_STEM_CELLS is where it starts; 0 turns stem cells off): it grows on
-    # cold starts and shrinks by one cell per FNHOST_STEM_CELLS_IDLE_S without a claim.
-    stem_cells_min: Annotated[int, Field(ge=0, le=256)] = 1
-    stem_cells_max: Annotated[int, Field(ge=0, le=256)] = 8
+    # these (FNHOST_STEM_CELLS is where it starts; 0 turns stem cells off): it grows to
+    # a recent burst's concurrency and to a deployed function's max_concurrency, and
+    # shrinks by one cell per FNHOST_STEM_CELLS_IDLE_S without a claim.
+    stem_cells_min: Annotated[int, Field(ge=0, le=256)] = 4
+    stem_cells_max: Annotated[int, Field(ge=0, le=256)] = 32
     stem_cells_idle_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     # FNHOST_HOST_MEMORY_MB: the memory limits of a scheduler's live containers (stem
     # cells included) add up to at most this; 0: 75 % of the host's memory.
@@ -158,6 +165,11 @@ class Settings(BaseSettings):
     # functions is active.
     promote_inflight: Annotated[int, Field(ge=1, le=100000)] = 16
     promote_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # FNHOST_PROMOTE_BURST: a gateway that accepts this many submissions of one function
+    # to its tenant's queue within a second promotes it at once, before a scheduler holds
+    # a backlog of it; 0: FNHOST_PROMOTE_SHARE of FNHOST_ASYNC_PREFETCH (at least
+    # FNHOST_PROMOTE_INFLIGHT), what a scheduler would promote it for.
+    promote_burst: Annotated[int, Field(ge=0, le=100_000_000)] = 0
     # FNHOST_DEMOTE_AFTER_S: a promoted function idle this long with its queue empty
     # goes back to its tenant's queue, and its queue is deleted.
     demote_after_s: Annotated[float, Field(gt=0, le=86400)] = 60.0

@@ -99,7 +99,10 @@ class Platform:
             "FNHOST_MONGO_DB": "t" + secrets.token_hex(6),
             "FNHOST_DATA_DIR": str(self.data_dir),
             "FNHOST_SCHEDULER_ID": self.scheduler_id,
+            # A light pool: a test that is about the stem-cell reserve sets its own.
             "FNHOST_STEM_CELLS": "2",
+            "FNHOST_STEM_CELLS_MIN": "1",
+            "FNHOST_STEM_CELLS_MAX": "4",
             "FNHOST_HEARTBEAT_S": "0.5",
         }
         self.env.update({f"FNHOST_{k.upper()}": str(v) for k, v in settings.items()})

@@ -34,9 +34,10 @@ class InvokePublisher:
         self._exchange: AbstractExchange | None = None
         self._declared: set[str] = set()
         self._declaring: dict[str, asyncio.Future[Any]] = {}
-        # Called with the tenant after each confirmed publish to a tenant's queue (the
-        # work hints, runtime/broker/hints.py).
-        self.on_published: Callable[[str], None] | None = None
+        # Called with the tenant and the function after each confirmed publish to a
+        # tenant's queue (the work hints, runtime/broker/hints.py; a gateway's view of
+        # bursts, runtime/flow/burst.py).
+        self.on_published: Callable[[str, str], None] | None = None
 
     async def start(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -82,7 +83,7 @@ class InvokePublisher:
         except Unroutable:
             raise Unavailable("the message broker refused the task (unroutable)") from None
         if self.on_published is not None:
-            self.on_published(tenant)
+            self.on_published(tenant, str(headers.get(c.H_FUNCTION, "")))
 
     async def publish_to_function(
         self, tenant: str, function: str, headers: dict[str, Any], body: bytes,

@@ -18,6 +18,10 @@ from runtime.settings import Settings
 # the rest is for the platform's processes, the Docker engine and the page cache.
 AUTO_SHARE = 0.75
 MEMINFO = Path("/proc/meminfo")
+# With FNHOST_MAX_CONTAINERS=0: one container per this much of the budget (the smallest
+# memory_mb a function may have), at most AUTO_MAX_CONTAINERS.
+AUTO_CONTAINER_MB = 64
+AUTO_MAX_CONTAINERS = 1024
 
 
 def host_memory_mb(meminfo: Path = MEMINFO) -> int:
@@ -36,3 +40,12 @@ def budget_mb(settings: Settings, meminfo: Path = MEMINFO) -> int:
     if settings.host_memory_mb:
         return settings.host_memory_mb
     return int(host_memory_mb(meminfo) * AUTO_SHARE)
+
+
+def max_containers(settings: Settings, budget: int) -> int:
+    """FNHOST_MAX_CONTAINERS, or, when it is 0, as many of the smallest containers as the
+    memory budget holds: idle containers cost the host memory, not CPU, so the budget
+    is what bounds them (and still does, for containers of more memory)."""
+    if settings.max_containers:
+        return settings.max_containers
+    return max(1, min(AUTO_MAX_CONTAINERS, budget // AUTO_CONTAINER_MB))

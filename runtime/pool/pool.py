@@ -38,6 +38,9 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 REFILL_DELAY_S = 0.05
+# A warm container idle this long gives way to a missing stem cell: the reserve comes
+# before keep-alive, but never takes a container from a burst still going on.
+RESERVE_MIN_IDLE_S = 2.0
 # How long start() waits to follow the engine's event stream.
 ENGINE_FOLLOW_TIMEOUT_S = 30.0
 # Wait after stem cells failed to start before the next try.
@@ -71,6 +74,7 @@ class Lease:
     # engine means a loaded host, where a slow handler import means a heavy function.
     engine_ms: float = 0.0
     slow: bool = False
+    alongside: int = 1  # container starts the engine had in hand with this one's (itself included)
 
 
 class InitError(Exception):
@@ -96,6 +100,14 @@ def link_tree(src: Path, dst: Path) -> None:
                 os.link(Path(root) / name, target / name)
             except OSError:
                 shutil.copy2(Path(root) / name, target / name)
+
+
+def slow_start(engine_ms: float, alongside: int, slow_start_ms: float) -> bool:
+    """Whether a start's engine time is a sign of a host under pressure. The engine
+    serves concurrent starts in turn, so a start beside n others takes about n times
+    as long: that is contention a burst made for itself, not a host short of capacity.
+    Slow is slow per start."""
+    return engine_ms / max(1, alongside) > slow_start_ms
 
 
 def _removed(container: Container) -> bool:
@@ -126,6 +138,11 @@ class Pool:
         self._events: EngineEvents | None = None
         self._stems = StemPolicy.from_settings(settings)
         self.memory_budget_mb = memory.budget_mb(settings)
+        self.max_containers = memory.max_containers(settings, self.memory_budget_mb)
+        # Container starts in the engine now: concurrent starts share its time.
+        self._starts_in_flight = 0
+        # Acquires waiting for a stem cell that is starting, rather than starting one more.
+        self._awaiting_stems = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -192,6 +209,7 @@ class Pool:
         return {
             "containers": dict(states),
             "memory_mb": {"budget": self.memory_budget_mb, "live": select.memory_in_use(containers)},
+            "max_containers": self.max_containers,
             "stem_cells": {**self._stems.stats(), "idle": dict(idle)},
             **self.counters,
         }
@@ -225,6 +243,7 @@ class Pool:
         deadline = time.monotonic() + wait_s
         failures = 0
         while True:
+            awaiting_stem = False
             if self._closing:
                 raise Unavailable("this scheduler's pool is shutting down", retry_after_s=2)
             containers = self._containers.values()
@@ -248,12 +267,17 @@ class Pool:
                         # Booked now, so that other acquires count the memory it will take.
                         stem.memory_mb = spec.memory_mb
                         container = stem
-                        self._stems.on_claim(spec.memory_mb, found=True)
+                        self._stems.on_claim(spec.memory_mb)
                         self._refill.set()
+                elif self._starting_stems() > self._awaiting_stems:
+                    # A stem cell already on its way is ready sooner than a container
+                    # started now, and a second start would only slow both down: wait
+                    # for it (the pool notifies when it is ready).
+                    awaiting_stem = True
                 elif self._up.is_set() and self._make_room(spec.key, new=1, memory_mb=spec.memory_mb):
                     container = self._new_container(spec.memory_mb, spec.key)
                     kind = StartKind.COLD
-                    self._stems.on_claim(spec.memory_mb, found=False)  # the stem pool grows
+                    self._stems.on_claim(spec.memory_mb)  # the stem pool grows
                     self._refill.set()
                 if container is not None:
                     try:
@@ -273,10 +297,24 @@ class Pool:
                         f"function {spec.key.function} is at its max_concurrency "
                         f"({spec.max_concurrency})"
                     )
+                if awaiting_stem:
+                    raise Unavailable(
+                        f"no stem cell was ready within {wait_s:g} s (containers start slowly)",
+                        retry_after_s=2,
+                    )
                 raise Unavailable(self._no_capacity(spec), retry_after_s=2)
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+            self._awaiting_stems += awaiting_stem
+            try:
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), remaining)
+            finally:
+                self._awaiting_stems -= awaiting_stem
+
+    def _starting_stems(self) -> int:
+        return sum(
+            1 for c in self._containers.values() if c.key is None and c.state is State.STARTING
+        )
 
     def _make_room(
         self, key: FunctionKey, *, new: int, memory_mb: int, spare: Container | None = None
@@ -285,7 +323,7 @@ class Pool:
         idle containers are evicted (none is, when that would still not do)."""
         chosen = select.victims(
             self._containers.values(), key, new=new, memory_mb=memory_mb,
-            max_containers=self._settings.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
+            max_containers=self.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
         )
         if chosen is None:
             return False
@@ -306,16 +344,17 @@ class Pool:
             )
         return (
             f"no container capacity on this host ({select.live_count(containers)} of "
-            f"{self._settings.max_containers} containers, {select.memory_in_use(containers)} of "
+            f"{self.max_containers} containers, {select.memory_in_use(containers)} of "
             f"{self.memory_budget_mb} MB in use)"
         )
 
     async def _prepare(self, container: Container, spec: Spec, kind: StartKind, resize: bool) -> Lease:
         started = time.perf_counter()
         engine_s = 0.0
+        alongside = 1  # starts the engine served at once with this one's
         try:
             if kind is StartKind.COLD:
-                await self._boot(container)
+                alongside = await self._boot(container)
                 engine_s = time.perf_counter() - started
                 container.to(State.SPECIALISING)
             engine_s += await self._specialise(container, spec, kind, resize)
@@ -326,10 +365,10 @@ class Pool:
         container.to(State.BUSY)
         self.counters[f"{kind.value}_starts"] += 1
         engine_ms = engine_s * 1000
-        slow = engine_ms > self._settings.slow_start_ms
+        slow = slow_start(engine_ms, alongside, self._settings.slow_start_ms)
         if slow:
             self.counters["slow_starts"] += 1
-        return Lease(container, kind, (time.perf_counter() - started) * 1000, engine_ms, slow)
+        return Lease(container, kind, (time.perf_counter() - started) * 1000, engine_ms, slow, alongside)
 
     async def _specialise(self, container: Container, spec: Spec, kind: StartKind, resize: bool) -> float:
         """Load the function into the container; the seconds its memory resize took."""
@@ -359,6 +398,14 @@ class Pool:
             self.counters["init_errors"] += 1
             raise InitError(header.get("error") or {}, logs, kind)
         return resize_s
+
+    def expect(self, memory_mb: int, concurrency: int) -> None:
+        """A function that may bring `concurrency` invocations at once was deployed or
+        changed: hold as many stem cells for its first burst (within the policy's bounds)."""
+        before = self._stems.target
+        self._stems.expect(memory_mb, concurrency)
+        if self._stems.target != before:
+            self._refill.set()
 
     def release(self, container: Container) -> None:
         """Back to READY after an invocation that left the container healthy."""
@@ -422,14 +469,17 @@ class Pool:
         self._containers[name] = container
         return container
 
-    async def _boot(self, container: Container) -> None:
-        """Start the container and wait for its agent's hello."""
+    async def _boot(self, container: Container) -> int:
+        """Start the container and wait for its agent's hello; the most starts (this one
+        included) that the engine had in hand at once meanwhile."""
         for folder in (container.cell_dir, container.run_dir, container.code_dir):
             folder.mkdir(exist_ok=True)
             os.chmod(folder, 0o755)  # whatever the umask: the function's uid reaches them
         socket = CellSocket(container.run_dir)
         await socket.listen()
         self._booting[container.name] = socket
+        self._starts_in_flight += 1
+        alongside = self._starts_in_flight
         try:
             run = asyncio.ensure_future(
                 self._engine.run(container.name, container.cell_dir, container.memory_mb)
@@ -444,6 +494,7 @@ class Pool:
                 # Discarded (the pool is closing) while Docker was creating it.
                 self._spawn(self._engine.remove(container.docker_id))
                 raise Unavailable("the container was removed while it started")
+            alongside = max(alongside, self._starts_in_flight)
             container.agent = await socket.accept(self._settings.container_start_timeout_s)
             if _removed(container):
                 container.agent.close()
@@ -457,10 +508,12 @@ class Pool:
                 self._start_error = (time.monotonic(), str(exc))
             raise
         finally:
+            self._starts_in_flight -= 1
             self._booting.pop(container.name, None)
             socket.close()
         self._start_error = None
         self._spawn(self._watch(container, container.agent))
+        return alongside
 
     async def _watch(self, container: Container, agent: AgentConnection) -> None:
         """An idle container whose agent's connection closes has died (or was killed):
@@ -577,15 +630,31 @@ class Pool:
         # that just claimed a stem cell finish its specialisation first.
         await asyncio.sleep(REFILL_DELAY_S)
         self._refill.clear()
-        containers = self._containers.values()
-        # Stem cells are started only in free room: they never evict anything.
+        containers = list(self._containers.values())
+        # The reserve comes before keep-alive: warm containers idle for a while give
+        # way to missing stem cells (a new function's first start must not pay for the
+        # idle containers of others), least recently used first. Stem cells are never
+        # evicted for other stem cells.
+        idle_before = time.monotonic() - RESERVE_MIN_IDLE_S
+        reclaim = select.reclaimable(containers, idle_before)
         sizes = self._stems.to_start(
             self._spare_sizes(),
-            free_slots=self._settings.max_containers - select.live_count(containers),
-            free_mb=self.memory_budget_mb - select.memory_in_use(containers),
+            free_slots=self.max_containers - select.live_count(containers) + len(reclaim),
+            free_mb=self.memory_budget_mb - select.memory_in_use(containers)
+            + sum(c.memory_mb for c in reclaim),
         )
         if not sizes:
             return
+        chosen = select.victims(
+            containers, None, new=len(sizes), memory_mb=sum(sizes), max_containers=self.max_containers,
+            budget_mb=self.memory_budget_mb, stems=False, idle_before=idle_before,
+        )
+        if chosen is None:  # the room was counted per size: a rounding of sizes, try later
+            return
+        for victim, reason in chosen:
+            self.counters["reserve_evictions"] += 1
+            self.counters[f"evictions_{reason}"] += 1
+            self.discard(victim)
         results = await asyncio.gather(
             *(self._start_stem(size) for size in sizes), return_exceptions=True
         )
@@ -602,6 +671,9 @@ class Pool:
                 self.counters["expired"] += 1
                 self.discard(container)
             self._shrink_stems()
+            if sum(self._spare_sizes().values()) < self._stems.target:
+                # Short of the reserve: warm containers may have idled long enough to give way.
+                self._refill.set()
 
     def _spare_sizes(self) -> Counter[int]:
         """Stem cells, idle or starting, by memory size."""

@@ -54,30 +54,37 @@ FOR_MEMORY = "memory"
 
 def victims(
     containers: Iterable[Container],
-    key: FunctionKey,
+    key: FunctionKey | None,
     *,
     new: int,
     memory_mb: int,
     max_containers: int,
     budget_mb: int,
     spare: Container | None = None,
+    stems: bool = True,
+    idle_before: float | None = None,
 ) -> list[tuple[Container, str]] | None:
     """Idle containers to remove so that `new` more containers and `memory_mb` more MB
     fit within `max_containers` and `budget_mb`, each with the reason it goes; None
     when removing every idle one would still not make room (then none should go).
 
-    READY containers of other function versions go first, least recently used first;
-    then idle stem cells, largest first (the refill starts them again when there is
-    room). `spare`, the stem cell being claimed, is never chosen.
+    READY containers of other function versions (`key`; None: of any function) go
+    first, least recently used first, and only those idle since before `idle_before`
+    when it is given; then, if `stems`, idle stem cells, largest first (the refill
+    starts them again when there is room). `spare`, the stem cell being claimed, is
+    never chosen.
     """
     items = list(containers)
     count = live_count(items) + new
     memory = memory_in_use(items) + memory_mb
     warm_ones = sorted(
-        (c for c in items if c.state is State.READY and c.key != key), key=lambda c: c.idle_since
+        (c for c in items if c.state is State.READY and c.key != key
+         and (idle_before is None or c.idle_since < idle_before)),
+        key=lambda c: c.idle_since,
     )
     stem_cells = sorted(
-        (c for c in items if c.state is State.STEM and c is not spare), key=lambda c: -c.memory_mb
+        (c for c in items if stems and c.state is State.STEM and c is not spare),
+        key=lambda c: -c.memory_mb,
     )
     chosen: list[tuple[Container, str]] = []
     for victim in [*warm_ones, *stem_cells]:
@@ -89,6 +96,15 @@ def victims(
     if count > max_containers or memory > budget_mb:
         return None
     return chosen
+
+
+def reclaimable(containers: Iterable[Container], idle_before: float) -> list[Container]:
+    """READY containers idle since before `idle_before`, least recently used first: those
+    that give way to the stem-cell reserve."""
+    return sorted(
+        (c for c in containers if c.state is State.READY and c.idle_since < idle_before),
+        key=lambda c: c.idle_since,
+    )
 
 
 def expired(containers: Iterable[Container], now: float, keep_alive_s: float) -> list[Container]:

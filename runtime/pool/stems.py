@@ -1,9 +1,16 @@
 """How many stem cells to keep, and of which memory sizes: a pure policy the pool applies.
 
 The target starts at FNHOST_STEM_CELLS and stays within FNHOST_STEM_CELLS_MIN and
-FNHOST_STEM_CELLS_MAX: each claim that finds no stem cell (a cold start) raises it
-by one, since demand outran the stock; each FNHOST_STEM_CELLS_IDLE_S without any
-claim lowers it by one, since idle cells hold memory for nothing. FNHOST_STEM_CELLS=0
+FNHOST_STEM_CELLS_MAX. It is sized from demand, not one cold start at a time:
+
+- a burst: the claims of the last PEAK_WINDOW_S (stem cells taken or cold starts)
+  are the concurrency the host was just asked for; the target rises to it, so
+  the next burst of that size finds its stem cells ready;
+- a function deployed or changed (`expect`): its max_concurrency is the burst it
+  may bring at once, before any claim was seen.
+
+Each FNHOST_STEM_CELLS_IDLE_S without any claim lowers it by one: an idle stem cell
+costs no CPU, only memory, so the reserve is let down slowly. FNHOST_STEM_CELLS=0
 turns stem cells off.
 
 A stem cell started with another memory size than the function's costs a memory
@@ -22,6 +29,8 @@ from runtime.settings import Settings
 
 # Claims remembered for the split across memory sizes.
 RECENT_CLAIMS = 32
+# Claims this close together belong to one burst: their count is its concurrency.
+PEAK_WINDOW_S = 2.0
 
 
 def split(total: int, weights: Mapping[int, int]) -> dict[int, int]:
@@ -61,6 +70,8 @@ class StemPolicy:
         self._idle_s = idle_s
         self._clock = clock
         self._claims: deque[int] = deque(maxlen=RECENT_CLAIMS)
+        # Within PEAK_WINDOW_S; more than `maximum` would not raise the target further.
+        self._claimed_at: deque[float] = deque(maxlen=max(1, maximum))
         self._quiet_since = clock()  # the last claim, or the last shrink
 
     @classmethod
@@ -73,13 +84,25 @@ class StemPolicy:
             idle_s=settings.stem_cells_idle_s,
         )
 
-    def on_claim(self, memory_mb: int, *, found: bool) -> None:
-        """A function of `memory_mb` started from a stem cell (`found`), or had to start
-        cold because there was none."""
+    def on_claim(self, memory_mb: int) -> None:
+        """A function of `memory_mb` took a stem cell, or started cold for want of one."""
+        now = self._clock()
+        self._claims.append(memory_mb)
+        self._quiet_since = now
+        self._claimed_at.append(now)
+        while now - self._claimed_at[0] > PEAK_WINDOW_S:
+            self._claimed_at.popleft()
+        self._raise_to(len(self._claimed_at))
+
+    def expect(self, memory_mb: int, concurrency: int) -> None:
+        """A function of `memory_mb` that may run `concurrency` invocations at once was
+        deployed or changed: keep as many stem cells for its first burst."""
         self._claims.append(memory_mb)
         self._quiet_since = self._clock()
-        if not found and self.target < self.maximum:
-            self.target += 1
+        self._raise_to(concurrency)
+
+    def _raise_to(self, wanted: int) -> None:
+        self.target = max(self.target, min(wanted, self.maximum))
 
     def tick(self) -> bool:
         """Called now and then: lower the target by one after a quiet period. True if it did."""

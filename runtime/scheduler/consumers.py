@@ -46,10 +46,10 @@ from runtime.broker import topology
 from runtime.broker.control import ControlBus
 from runtime.broker.membership import Membership, owners
 from runtime.broker.publisher import InvokePublisher
+from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.scheduler.flow import Flow
 from runtime.scheduler.partitions import Partitions
-from runtime.scheduler.routing import Router
 from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
 from runtime.store.functions import DEDICATED, SHARED, FunctionStore
@@ -63,6 +63,18 @@ RECONCILE_S = 1.0
 PROBE_S = 1.0
 # A function's dispatch state is dropped after this long idle (its window starts afresh).
 FORGET_IDLE_S = 600.0
+# A dedicated queue's prefetch: so many times its function's max_concurrency.
+DEDICATED_PREFETCH_FACTOR = 3
+
+
+def dedicated_prefetch(max_concurrency: int, bound: int) -> int:
+    """What a scheduler holds of a function's dedicated queue, within `bound`
+    (FNHOST_ASYNC_PREFETCH): its running messages, as many waiting (a slot freed is
+    taken at once by a message already here, not after an ack and a delivery), and as
+    many again whose outcome is being recorded (a message is acknowledged only once
+    its outcome is stored, which takes longer than a delivery: counted out of the same
+    prefetch, they would leave the waiting ones short)."""
+    return min(DEDICATED_PREFETCH_FACTOR * max_concurrency, bound)
 
 
 class QueueConsumers:
@@ -295,9 +307,7 @@ class QueueConsumers:
             record = await self._cache.get(*key)
             if record is None:
                 continue
-            # Twice its bound: a slot freed is taken at once by a message already here,
-            # not after an ack and a delivery; the rest stays in the queue.
-            prefetch = min(2 * record.config.max_concurrency, self._settings.async_prefetch)
+            prefetch = dedicated_prefetch(record.config.max_concurrency, self._settings.async_prefetch)
             await self._function_channel.set_qos(prefetch_count=prefetch)
             queue = await topology.function_queue(self._function_channel, *key)
             tag = await queue.consume(functools.partial(self._handle_dedicated, key))

@@ -14,6 +14,7 @@ from runtime.broker.control import ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
+from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.destinations import Destinations
 from runtime.errors import NotFound
@@ -25,7 +26,6 @@ from runtime.scheduler.bundle_cache import BundleCache
 from runtime.scheduler.consumers import ExpirySweep, QueueConsumers, TimerLoop
 from runtime.scheduler.flow import Flow, Thresholds
 from runtime.scheduler.invoker import Invoker
-from runtime.scheduler.routing import Router
 from runtime.scheduler.sync import SyncHandler
 from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
@@ -88,11 +88,12 @@ class Scheduler:
             self.cache, self.invoker, self.pool, self.tasks, self.timers, self.outbox,
             self.flow, self.router,
             running_write_delay_s=self.settings.running_write_delay_s,
-            max_window=self.settings.max_containers,
+            max_window=self.pool.max_containers,
         )
         self.control = ControlBus(self.connection, self.settings.cluster_id)
         self.router.control = self.control
-        self.publisher.on_published = WorkHints(self.control, hint_interval(self.settings)).note
+        hints = WorkHints(self.control, hint_interval(self.settings))
+        self.publisher.on_published = lambda tenant, _function: hints.note(tenant)
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self._prefetch)
         self.control.subscribe(self.membership.on_control)
@@ -141,7 +142,10 @@ class Scheduler:
         self.pool.retire(str(event["tenant"]), str(event["name"]), int(revision) if revision else None)
         if event.get("sha256"):
             with contextlib.suppress(Exception):
-                await self.cache.get(str(event["tenant"]), str(event["name"]))
+                record = await self.cache.get(str(event["tenant"]), str(event["name"]))
+                if record is not None and self.membership.owner(record.tenant) == self.settings.scheduler_id:
+                    # Its first burst may come at once: stem cells for it, ahead of it.
+                    self.pool.expect(record.config.memory_mb, record.config.max_concurrency)
                 await self.bundles.ensure(str(event["tenant"]), str(event["sha256"]))
 
     async def _heartbeat_loop(self) -> None:

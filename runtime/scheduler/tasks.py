@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bson import Binary
 
 from runtime import constants as c
+from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.destinations import build_record
 from runtime.errors import Throttled, Unavailable
@@ -35,7 +36,6 @@ from runtime.pool.pool import Lease, Pool
 from runtime.scheduler.acks import Acks
 from runtime.scheduler.flow import Flow
 from runtime.scheduler.invoker import OK, TIMEOUT, Invocation, Invoker, Outcome
-from runtime.scheduler.routing import Router
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
 from runtime.store.timers import PARK, RETRY, TimerStore

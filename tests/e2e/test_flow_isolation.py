@@ -39,8 +39,10 @@ DEMOTE_AFTER_S = 3.0
 @pytest.fixture(scope="module")
 def flow_platform(mongo: MongoServer) -> Iterator[Platform]:
     # A small prefetch: the backlog below is well beyond what the consumer holds, as
-    # thousands of tasks would be with the default.
-    with own_platform(mongo.url, demote_after_s=DEMOTE_AFTER_S, async_prefetch=8) as p:
+    # thousands of tasks would be with the default. The schedulers' signals are what is
+    # tested here: no gateway promotes on a burst (tests/e2e/test_burst_promotion.py).
+    with own_platform(mongo.url, demote_after_s=DEMOTE_AFTER_S, async_prefetch=8,
+                      promote_burst=1_000_000) as p:
         yield p
 
 

@@ -33,9 +33,11 @@ def three(mongo: MongoServer) -> Iterator[Platform]:
     settings = {
         "queue_owners": 1, "queue_owners_max": 3, "partition_backlog": 40,
         "partition_after_s": 1.0, "async_prefetch": 4,
-        # The tenant's queue is the one under test: its function is never promoted, and
-        # its owner keeps consuming it when it is idle again.
-        "promote_waiting": 10000, "promote_wait_s": 3600, "queue_idle_s": 600,
+        # The tenant's queue is the one under test: its function is never promoted (by a
+        # scheduler, or by the gateway on its burst), and its owner keeps consuming it
+        # when it is idle again.
+        "promote_waiting": 10000, "promote_wait_s": 3600, "promote_burst": 1_000_000,
+        "queue_idle_s": 600,
     }
     with own_platform(mongo.url, **settings) as p:
         for n in ("b", "c"):

@@ -28,7 +28,7 @@ from runtime.errors import Throttled, Unavailable
 from runtime.pool import select
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
-from runtime.pool.pool import InitError, Lease, Pool, Spec
+from runtime.pool.pool import RESERVE_MIN_IDLE_S, InitError, Lease, Pool, Spec, slow_start
 from runtime.settings import load_settings
 from tests.harness import FUNCTIONS
 
@@ -92,6 +92,7 @@ async def make_pool(docker_client: docker.DockerClient) -> AsyncIterator[PoolFac
         scheduler_id = "pooltest-" + secrets.token_hex(4)
         data_dir = Path(tempfile.mkdtemp(prefix="fnpool-"))
         data_dirs.append(str(data_dir))
+        overrides.setdefault("stem_cells_min", 1)  # a light pool, as the test platform's
         settings = load_settings(data_dir=data_dir, scheduler_id=scheduler_id, **overrides)
         engine = DockerEngine(settings)
         pool = Pool(settings, engine)
@@ -469,7 +470,7 @@ async def test_stem_cells_of_a_claimed_memory_size_spare_the_next_function_a_res
     assert (await call(second))["result"] == b'{"message":"hello, pool"}'
     print(f"specialisation: {first.init_ms:.1f} ms with a resize, {second.init_ms:.1f} ms without")
     stats = pool.stats()["stem_cells"]
-    assert stats["target"] == 2 and stats["min"] == 1 and stats["max"] == 8
+    assert stats["target"] == 2 and stats["min"] == 1 and stats["max"] == 32
     pool.release(first.container)
     pool.release(second.container)
 
@@ -493,4 +494,58 @@ async def test_stem_pool_grows_on_cold_starts_and_shrinks_when_idle(
     assert pool.stats()["stem_cells"]["target"] == 1
     assert pool.counters["stem_cells_shrunk"] == 1
     for lease in leases:
+        pool.release(lease.container)
+
+
+async def test_idle_warm_containers_give_way_to_the_stem_reserve(
+    make_pool: PoolFactory, bundle_dir: Path
+) -> None:
+    """Every slot held by other functions' idle warm containers: a stem cell is kept all
+    the same, so a new function starts from it, not cold."""
+    pool = await make_pool(stem_cells=1, stem_cells_max=1, max_containers=2, keep_alive_s=300)
+    await pool.wait_for_stem_cells(1, timeout=60)
+    first = await pool.acquire(spec_for(bundle_dir, function="f1"), wait_s=10)
+    await pool.wait_for_stem_cells(1, timeout=60)
+    second = await pool.acquire(spec_for(bundle_dir, function="f2"), wait_s=10)
+    assert (first.start, second.start) == (StartKind.STEM, StartKind.STEM)
+    pool.release(first.container)
+    pool.release(second.container)  # both slots taken by idle warm containers
+    # Once idle for RESERVE_MIN_IDLE_S, the least recently used gives way to a stem cell.
+    await pool.wait_for_stem_cells(1, timeout=RESERVE_MIN_IDLE_S + 30)
+    assert pool.counters["reserve_evictions"] == 1
+    assert first.container.state is State.REMOVING
+    assert second.container.state is State.READY
+    third = await pool.acquire(spec_for(bundle_dir, function="f3"), wait_s=10)
+    assert third.start is StartKind.STEM
+    assert (await call(third))["result"] == b'{"message":"hello, pool"}'
+    pool.release(third.container)
+
+
+async def test_a_warm_container_in_use_lately_is_not_taken_for_the_reserve(
+    make_pool: PoolFactory, bundle_dir: Path
+) -> None:
+    pool = await make_pool(stem_cells=1, stem_cells_max=1, max_containers=1, keep_alive_s=300)
+    await pool.wait_for_stem_cells(1, timeout=60)
+    spec = spec_for(bundle_dir, function="busy-one")
+    deadline = time.monotonic() + RESERVE_MIN_IDLE_S * 2
+    while time.monotonic() < deadline:  # used again and again, never idle for long
+        lease = await pool.acquire(spec, wait_s=10)
+        pool.release(lease.container)
+        await asyncio.sleep(0.2)
+    assert lease.container.state is State.READY
+    assert pool.counters["reserve_evictions"] == 0
+
+
+async def test_concurrent_cold_starts_are_judged_per_start(
+    make_pool: PoolFactory, bundle_dir: Path
+) -> None:
+    pool = await make_pool(stem_cells=0, keep_alive_s=300)
+    leases = await asyncio.gather(*(
+        pool.acquire(spec_for(bundle_dir, function=f"burst-{i}"), wait_s=30) for i in range(4)
+    ))
+    assert all(lease.start is StartKind.COLD for lease in leases)
+    # The engine had several of them in hand at once, and knew it.
+    assert max(lease.alongside for lease in leases) >= 2
+    for lease in leases:
+        assert lease.slow == slow_start(lease.engine_ms, lease.alongside, 1000.0)
         pool.release(lease.container)

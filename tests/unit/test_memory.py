@@ -27,3 +27,12 @@ def test_without_meminfo_sysconf_answers(tmp_path: Path) -> None:
 
 def test_the_real_host() -> None:
     assert memory.host_memory_mb() > 0
+
+
+def test_max_containers_explicit_or_from_the_budget() -> None:
+    assert memory.max_containers(load_settings(max_containers=8), 18_000) == 8
+    auto = load_settings(max_containers=0)
+    # One per 64 MB of the budget: 24 GiB at 75 % holds 288 of the smallest containers.
+    assert memory.max_containers(auto, 18_432) == 288
+    assert memory.max_containers(auto, 10) == 1
+    assert memory.max_containers(auto, 10_000_000) == memory.AUTO_MAX_CONTAINERS

@@ -302,3 +302,38 @@ def test_not_running_lists_live_containers_the_engine_does_not_run(make: Make) -
     lost = select.not_running([alive, died, stem, creating, started, removing], running)
     assert lost == [died, stem, started]
     assert select.not_running([alive], running) == []
+
+
+# the stem-cell reserve: idle warm containers give way to it
+
+
+def test_reclaimable_are_ready_ones_idle_long_enough_least_recent_first(make: Make) -> None:
+    old = make(State.READY, OTHER_FUNCTION, idle_since=5.0)
+    older = make(State.READY, KEY, idle_since=1.0)
+    fresh = make(State.READY, OTHER_TENANT, idle_since=9.5)
+    others = [make(state, OTHER_VERSION, idle_since=0.0) for state in State if state is not State.READY]
+    assert select.reclaimable([old, fresh, *others, older], idle_before=8.0) == [older, old]
+    assert select.reclaimable([fresh], idle_before=8.0) == []
+
+
+def test_victims_for_the_reserve_spare_stem_cells_and_recent_containers(make: Make) -> None:
+    stem = make(State.STEM, None, memory_mb=128)
+    recent = make(State.READY, OTHER_FUNCTION, idle_since=9.0, memory_mb=128)
+    idle = make(State.READY, KEY, idle_since=1.0, memory_mb=128)
+    pool = [stem, recent, idle]
+    chosen = select.victims(pool, None, new=1, memory_mb=128, max_containers=3, budget_mb=10_000,
+                            stems=False, idle_before=8.0)
+    assert chosen == [(idle, select.FOR_COUNT)]  # of any function, KEY's too (key None)
+    # Two more: only one container may go (the stem cell and the recent one stay).
+    assert select.victims(pool, None, new=2, memory_mb=256, max_containers=3, budget_mb=10_000,
+                          stems=False, idle_before=8.0) is None
+
+
+def test_a_start_is_slow_per_start_not_per_burst() -> None:
+    from runtime.pool.pool import slow_start
+
+    assert slow_start(1500, 1, 1000)
+    assert not slow_start(900, 1, 1000)
+    assert not slow_start(8000, 10, 1000)  # ten at once: 800 ms each
+    assert slow_start(12000, 10, 1000)
+    assert slow_start(1500, 0, 1000)  # never divided by zero

@@ -30,8 +30,10 @@ def test_defaults() -> None:
     assert s.data_dir == Path("/var/lib/fnhost")
     assert s.log_level == "info"
     assert s.scheduler_id
-    assert s.stem_cells == 4
-    assert s.max_containers == 64
+    assert s.stem_cells == 20
+    assert s.stem_cells_min == 4
+    assert s.max_containers == 0  # from the host's memory budget
+    assert s.stem_cells_max == 32
     assert s.keep_alive_s == 300.0
     assert s.heartbeat_s == 1.0
     assert s.scheduler_bind == "127.0.0.1:0"
@@ -110,7 +112,7 @@ def test_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FNHOST_AMQP_URL", "http://x"),
         ("FNHOST_MONGO_URL", "x"),
         ("FNHOST_MONGO_URL", "postgres://db"),
-        ("FNHOST_MAX_CONTAINERS", "0"),
+        ("FNHOST_MAX_CONTAINERS", "-1"),
         ("FNHOST_MONGO_DB", "a/b"),
         ("FNHOST_LOG_LEVEL", "verbose"),
         ("FNHOST_SCHEDULER_ID", "a b"),
@@ -131,7 +133,7 @@ def test_invalid_value_names_the_variable(
 
 def test_every_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FNHOST_BIND", "foo")
-    monkeypatch.setenv("FNHOST_MAX_CONTAINERS", "0")
+    monkeypatch.setenv("FNHOST_MAX_CONTAINERS", "-1")
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "FNHOST_BIND" in str(info.value)

@@ -1,7 +1,8 @@
 """Moving a function between its tenant's queue and a dedicated queue of its own.
 
 Promotion (a scheduler saw the function hold up its tenant's queue, see
-flow.py): declare and bind `fnhost.f.<tenant>.<function>`, record the move on
+runtime/scheduler/flow.py, or a gateway saw a burst of its submissions coming, see
+runtime/flow/burst.py): declare and bind `fnhost.f.<tenant>.<function>`, record the move on
 the function (`queue`: mode, since, reason), and broadcast it, so that every
 gateway routes the function's new invocations there at once. Its messages still
 in the tenant's queue, and any that land there later (a gateway that has not

@@ -1,0 +1,57 @@
+"""A gateway that sees a burst of one function's submissions promotes the function to a
+dedicated queue itself, before any scheduler holds a backlog of it (even with no
+scheduler consuming at all); every task still runs, once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.harness import (
+    MongoServer,
+    deploy,
+    eventually,
+    own_platform,
+    submit_event,
+    wait_task,
+)
+
+BURST = 40  # above the gateway's threshold: half the default prefetch (64), 32
+
+
+def test_a_burst_seen_by_the_gateway_gets_a_dedicated_queue(mongo: MongoServer) -> None:
+    with own_platform(mongo.url) as p, p.new_tenant() as client:
+        assert deploy(client, "bursty", "noop").status_code == 201
+        assert deploy(client, "calm", "noop").status_code == 201
+        scheduler = p.procs["scheduler"]
+        os.kill(scheduler.pid, signal.SIGSTOP)  # nothing consumes: no scheduler signal
+        try:
+            with ThreadPoolExecutor(8) as threads:
+                answers = list(threads.map(lambda _: submit_event(client, "bursty", {}), range(BURST)))
+            assert [r.status_code for r in answers] == [202] * BURST
+            calm = submit_event(client, "calm", {})
+            assert calm.status_code == 202
+
+            def promoted() -> dict[str, object] | None:
+                described = client.get("/v1/functions/bursty").json()
+                return described if described["queue_mode"] == "dedicated" else None
+
+            described = eventually(promoted, 10, "the gateway promoted the bursting function")
+            assert "burst" in str(described["queue_reason"])
+            metrics = httpx.get(f"{p.url}/metrics", timeout=10).text
+            assert "fnhost_burst_promotions_total 1.0" in metrics
+            assert client.get("/v1/functions/calm").json()["queue_mode"] == "shared"
+            # From then on its submissions go to its own queue.
+            later = submit_event(client, "bursty", {})
+            assert later.status_code == 202
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        ids = [r.headers["x-task-id"] for r in [*answers, later]]
+        for task_id in ids:
+            task = wait_task(client, task_id, timeout=60)
+            assert task["status"] == "Succeeded", task
+            assert task["attempts"] == 1
+        assert wait_task(client, calm.headers["x-task-id"], timeout=60)["status"] == "Succeeded"
