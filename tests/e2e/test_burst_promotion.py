@@ -1,6 +1,7 @@
-"""A gateway that sees a burst of one function's submissions promotes the function to a
-dedicated queue itself, before any scheduler holds a backlog of it (even with no
-scheduler consuming at all); every task still runs, once."""
+"""A gateway that sees a burst of one function's submissions, while another function of
+its tenant is active, promotes the function to a dedicated queue itself, before any
+scheduler holds a backlog of it (even with no scheduler consuming at all); every task
+still runs, once. A burst with nobody behind it stays on its tenant's queue."""
 
 from __future__ import annotations
 
@@ -23,17 +24,19 @@ BURST = 40  # above the gateway's threshold: half the default prefetch (64), 32
 
 
 def test_a_burst_seen_by_the_gateway_gets_a_dedicated_queue(mongo: MongoServer) -> None:
-    with own_platform(mongo.url) as p, p.new_tenant() as client:
+    with own_platform(mongo.url) as p, p.new_tenant() as client, p.new_tenant() as alone:
         assert deploy(client, "bursty", "noop").status_code == 201
         assert deploy(client, "calm", "noop").status_code == 201
+        assert deploy(alone, "bursty", "noop").status_code == 201
         scheduler = p.procs["scheduler"]
         os.kill(scheduler.pid, signal.SIGSTOP)  # nothing consumes: no scheduler signal
         try:
+            calm = submit_event(client, "calm", {})  # the tenant's other function is active
+            assert calm.status_code == 202
             with ThreadPoolExecutor(8) as threads:
                 answers = list(threads.map(lambda _: submit_event(client, "bursty", {}), range(BURST)))
-            assert [r.status_code for r in answers] == [202] * BURST
-            calm = submit_event(client, "calm", {})
-            assert calm.status_code == 202
+                lone = list(threads.map(lambda _: submit_event(alone, "bursty", {}), range(BURST)))
+            assert [r.status_code for r in answers + lone] == [202] * (2 * BURST)
 
             def promoted() -> dict[str, object] | None:
                 described = client.get("/v1/functions/bursty").json()
@@ -44,6 +47,8 @@ def test_a_burst_seen_by_the_gateway_gets_a_dedicated_queue(mongo: MongoServer) 
             metrics = httpx.get(f"{p.url}/metrics", timeout=10).text
             assert "fnhost_burst_promotions_total 1.0" in metrics
             assert client.get("/v1/functions/calm").json()["queue_mode"] == "shared"
+            # Another tenant's function, alone in its tenant: nobody waits behind it.
+            assert alone.get("/v1/functions/bursty").json()["queue_mode"] == "shared"
             # From then on its submissions go to its own queue.
             later = submit_event(client, "bursty", {})
             assert later.status_code == 202
@@ -55,3 +60,5 @@ def test_a_burst_seen_by_the_gateway_gets_a_dedicated_queue(mongo: MongoServer) 
             assert task["status"] == "Succeeded", task
             assert task["attempts"] == 1
         assert wait_task(client, calm.headers["x-task-id"], timeout=60)["status"] == "Succeeded"
+        for r in lone:
+            assert wait_task(alone, r.headers["x-task-id"], timeout=60)["status"] == "Succeeded"
