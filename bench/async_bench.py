@@ -231,7 +231,7 @@ class Platform:
         self.connection = await aio_pika.connect(self.amqp_url)
 
     def deploy(self, mode: str, max_concurrency: int | None, destination: str = "queue",
-               webhook_url: str | None = None) -> None:
+               webhook_url: str | None = None, sync_warmup: bool = True) -> None:
         name = self.function(mode, destination)
         on_success = ({"type": "queue", "name": f"done-{mode}"} if destination == "queue"
                       else {"type": "webhook", "url": f"{webhook_url}/done-{mode}"})
@@ -253,7 +253,7 @@ class Platform:
                              "without them; restart the platform on this code")
         if r.status_code != 202:
             raise SystemExit(f"Event invocation of {name}: {r.status_code} {r.text[:500]}")
-        for _ in range(5):  # warm its container on the sync path too
+        for _ in range(5 if sync_warmup else 0):  # warm its container on the sync path too
             self.http.post(f"/v1/functions/{name}/invocations", json={}).raise_for_status()
 
     async def declare(self, queue: str) -> None:

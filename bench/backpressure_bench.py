@@ -18,6 +18,19 @@ runtime image) with FNHOST_BACKLOG_MESSAGES=--backlog-messages.
     p50/p95 alone and beside F and their ratio (target <= 1.5); Q's 429s; F's 202s
     and 429s while Q ran, and the 429 share; the gateway's and the scheduler's CPU.
 
+(f) the same two tenants from a standing start: F's function has never been
+    submitted to (no drain rate known, its queue empty) when F starts flooding from
+    `--flood-connections` connections back to back (as fast as the gateway answers),
+    and Q starts its phase at the same moment. `--fresh-rounds` rounds: the first on
+    F's fresh function, the later ones on the same function once its backlog has
+    drained (a platform with history). Reported per round: the time from F's first
+    submission to its first 429, its 429 share over the round and after its first
+    2 s, Retry-After, and Q's completion p50/p95 beside F against Q alone (measured
+    first, in the same run) and their ratio (target <= 1.5; F's first 429 within
+    2 s), and the p95 of Q's tasks submitted from 1 s after F's first 429 (what
+    refusing F does for Q). Run with `--backlog-wait-s 86400` for the thresholds on
+    depth and age only, as before FNHOST_BACKLOG_WAIT_S.
+
 (d) what max_rate adds to an async submit: Event invocations one after the other
     over one connection to a no-op function without max_rate, and to one with a
     max_rate never reached (100,000/s: its tokens come from leases, a MongoDB round
@@ -95,10 +108,13 @@ class Counts:
         self.order: list[int] = []  # each answer's status, in the order sent
         self.latency: list[float] = []
         self.retry_after: list[int] = []
+        self.at: list[float] = []  # when each answer came (time.monotonic)
+        self.completion: dict[float, float] = {}  # answer time -> the task's completion time
 
     def __call__(self, status: int, headers: dict[str, str], seconds: float) -> None:
         self.status[status] = self.status.get(status, 0) + 1
         self.order.append(status)
+        self.at.append(time.monotonic())
         self.latency.append(seconds)
         if status == 429:
             self.retry_after.append(int(headers.get("retry-after", "0")))
@@ -108,6 +124,7 @@ class Counts:
         self.order.clear()
         self.latency.clear()
         self.retry_after.clear()
+        self.at.clear()
 
 
 def new_tenant(platform: Platform, name: str) -> tuple[httpx.Client, str]:
@@ -135,6 +152,8 @@ async def quiet_phase(platform: Platform, q: httpx.Client, key: str, prefix: str
     if not accepted:
         raise SystemExit(f"none of Q's submissions was accepted: {counts.status}")
     tasks = await asyncio.to_thread(wait_final, q, "work", accepted, args.timeout)
+    counts.completion = {counts.at[int(task_id.rsplit("-", 1)[1])]: completion_s(t)
+                         for task_id, t in tasks.items()}
     return figures([completion_s(t) for t in tasks.values()]), counts
 
 
@@ -203,6 +222,96 @@ def summary_c(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{args.backlog_messages} messages",
         f"    CPU ms over the phase: alone {r['cpu_ms_alone']}, beside F {r['cpu_ms_beside']}",
     ]
+
+
+# -- (f) a flood from a standing start -----------------------------------------------
+
+
+def wait_drained(client: httpx.Client, name: str, timeout: float) -> None:
+    """Until none of `name`'s tasks is still waiting in a queue."""
+    deadline = time.monotonic() + timeout
+    while client.get("/v1/tasks", params={"function": name, "status": "Enqueued",
+                                          "limit": 1}).json()["tasks"]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}'s backlog did not drain in {timeout:g} s")
+        time.sleep(0.5)
+
+
+async def fresh_round(platform: Platform, q: httpx.Client, q_key: str, f_key: str, prefix: str,
+                      args: argparse.Namespace) -> dict[str, Any]:
+    flood = Counts()
+    head, body = event_head(platform.url, f_key, "work"), json.dumps(WORK).encode()
+    # Back to back: a pace no connection keeps up with.
+    started = time.monotonic()
+    flooders = [asyncio.ensure_future(paced(platform.url, head, body, 100_000.0, args.seconds, flood,
+                                            honor_retry_after=args.honor_retry_after))
+                for _ in range(args.flood_connections)]
+    beside, q_counts = await quiet_phase(platform, q, q_key, prefix, args)
+    await asyncio.gather(*flooders)
+    first = next((at for at, status in zip(flood.at, flood.order, strict=True) if status == 429), None)
+    # Q's tasks submitted after F was first told, and a second later: what refusing does.
+    told = [c for at, c in q_counts.completion.items() if first is not None and at > first + 1.0]
+    late = [status for at, status in zip(flood.at, flood.order, strict=True) if at - started > 2.0]
+    sent = len(flood.order)
+    return {
+        "q_beside_f": beside,
+        "q_answers": q_counts.status,
+        "q_after_f_told": figures(told) if len(told) >= 20 else None,
+        "f_answers": flood.status,
+        "f_first_429_s": None if first is None else round(first - started, 3),
+        "f_429_share": round(flood.status.get(429, 0) / max(1, sent), 3),
+        "f_429_share_after_2s": round(late.count(429) / max(1, len(late)), 3),
+        "f_offered_per_s": round(sent / args.seconds, 1),
+        "f_retry_after_s": {"min": min(flood.retry_after, default=None),
+                            "max": max(flood.retry_after, default=None)},
+    }
+
+
+async def scenario_f(platform: Platform, args: argparse.Namespace) -> dict[str, Any]:
+    f, f_key = new_tenant(platform, "bench-fresh-flood")
+    q, q_key = new_tenant(platform, "bench-fresh-quiet")
+    for client in (f, q):
+        deploy_fn(client, "work", "sleep", WORK_CONFIG)
+    log(f"(f) warm-up: Q at {args.quiet_rate}/s for 5 s")
+    await quiet_phase(platform, q, q_key, "fwarm", argparse.Namespace(**{**vars(args), "seconds": 5.0}))
+    log(f"(f) Q alone: {args.quiet_rate}/s for {args.seconds:g} s")
+    alone, _ = await quiet_phase(platform, q, q_key, "falone", args)
+    rounds = []
+    for n in range(args.fresh_rounds):
+        if n:
+            log("(f) waiting for F's backlog to drain")
+            await asyncio.to_thread(wait_drained, f, "work", args.timeout)
+        log(f"(f) round {n + 1}: F floods from {args.flood_connections} connections back to back, "
+            f"Q at {args.quiet_rate}/s, for {args.seconds:g} s")
+        r = await fresh_round(platform, q, q_key, f_key, f"fbeside{n}", args)
+        r["ratio_p95"] = round(r["q_beside_f"]["p95_s"] / alone["p95_s"], 3)
+        rounds.append(r)
+    return {"q_alone": alone, "rounds": rounds}
+
+
+def summary_f(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    lines = []
+    for n, one in enumerate(r["rounds"]):
+        first = one["f_first_429_s"]
+        verdict = ("met" if one["ratio_p95"] <= RATIO_TARGET and first is not None and first <= 2.0
+                   else "MISSED")
+        f = one["f_answers"]
+        lines += [
+            f"(f) round {n + 1} ({'fresh' if n == 0 else 'with history'}): F's first 429 after "
+            f"{first} s; F {f.get(202, 0)} accepted, {f.get(429, 0)} refused "
+            f"({one['f_429_share'] * 100:.1f}%, {one['f_429_share_after_2s'] * 100:.1f}% after 2 s, "
+            f"{one['f_offered_per_s']}/s offered, Retry-After {one['f_retry_after_s']['min']}-"
+            f"{one['f_retry_after_s']['max']} s)",
+            f"    Q p95 completion {one['q_beside_f']['p95_s']} s beside F, {r['q_alone']['p95_s']} s "
+            f"alone (p50 {one['q_beside_f']['p50_s']} / {r['q_alone']['p50_s']} s): ratio "
+            f"{one['ratio_p95']}; targets first 429 <= 2 s, ratio <= {RATIO_TARGET}: {verdict}; "
+            f"Q's answers {one['q_answers']}",
+        ]
+        after = one["q_after_f_told"]
+        if after is not None:
+            lines.append(f"    Q's tasks submitted from 1 s after F's first 429: p95 {after['p95_s']} s, "
+                         f"ratio {round(after['p95_s'] / r['q_alone']['p95_s'], 3)}")
+    return lines
 
 
 # -- (d) what max_rate adds to a submit --------------------------------------------------
@@ -278,13 +387,17 @@ async def run(platform: Platform, args: argparse.Namespace) -> dict[str, Any]:
         out["d"] = await scenario_d(platform, args)
     if "c" in args.figures:
         out["c"] = await scenario_c(platform, args)
+    if "f" in args.figures:
+        out["f"] = await scenario_f(platform, args)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--figures", default="cd", help="c: flood beside a quiet tenant, d: max_rate cost")
+    parser.add_argument("--figures", default="cd",
+                        help="c: flood beside a quiet tenant, d: max_rate cost, f: a flood from a "
+                             "standing start")
     parser.add_argument("--seconds", type=float, default=20.0, help="(c) length of each Q phase")
     parser.add_argument("--quiet-rate", type=float, default=10.0, help="(c) Q's submissions a second")
     parser.add_argument("--flood-rate", type=float, default=400.0, help="(c) F's submissions a second")
@@ -292,22 +405,36 @@ def main() -> None:
     parser.add_argument("--flood-warmup", type=float, default=10.0,
                         help="(c) seconds F floods before Q starts")
     parser.add_argument("--honor-retry-after", action="store_true",
-                        help="(c) F's connections wait as a 429's Retry-After says")
+                        help="(c, f) F's connections wait as a 429's Retry-After says")
     parser.add_argument("--backlog-messages", type=int, default=500,
                         help="the platform's FNHOST_BACKLOG_MESSAGES")
+    parser.add_argument("--backlog-wait-s", type=float, default=None,
+                        help="the platform's FNHOST_BACKLOG_WAIT_S (default: the platform's)")
+    parser.add_argument("--backlog-burst", type=int, default=None,
+                        help="the platform's FNHOST_BACKLOG_BURST (default: the platform's)")
+    parser.add_argument("--fresh-rounds", type=int, default=2,
+                        help="(f) rounds: the first on a fresh function, then with history")
     parser.add_argument("--rate-rounds", type=int, default=4)
     parser.add_argument("--rate-submits", type=int, default=500)
     parser.add_argument("--slow-submits", type=int, default=150)
     parser.add_argument("--timeout", type=float, default=300, help="limit of each wait")
     args = parser.parse_args()
     report: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
-    with bench_platform(backlog_messages=args.backlog_messages) as platform:
+    settings: dict[str, Any] = {"backlog_messages": args.backlog_messages}
+    if args.backlog_wait_s is not None:
+        settings["backlog_wait_s"] = args.backlog_wait_s
+    if args.backlog_burst is not None:
+        settings["backlog_burst"] = args.backlog_burst
+    with bench_platform(**settings) as platform:
         report["figures"] = asyncio.run(run(platform, args))
     print(json.dumps(report, indent=2))
     print()
     figures_ = report["figures"]
     if "c" in figures_:
         for line in summary_c(figures_["c"], args):
+            print(line)
+    if "f" in figures_:
+        for line in summary_f(figures_["f"], args):
             print(line)
     if "d" in figures_:
         for line in summary_d(figures_["d"]):

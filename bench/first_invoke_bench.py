@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -45,7 +47,7 @@ def first_invokes(client: httpx.Client, count: int, pause_s: float, tag: str) ->
     bundle = zip_dir("noop")
     for name in names:
         deploy(client, name, bundle).raise_for_status()
-    times, kinds = [], []
+    times, kinds, inits = [], [], []
     for name in names:
         time.sleep(pause_s)
         started = time.perf_counter()
@@ -53,7 +55,12 @@ def first_invokes(client: httpx.Client, count: int, pause_s: float, tag: str) ->
         times.append((time.perf_counter() - started) * 1000)
         r.raise_for_status()
         kinds.append(r.headers.get("x-fnhost-start", "?"))
-    return {**summary(times), "served_by": dict(Counter(kinds))}
+        # Server-Timing: init;dur=<specialisation ms>, run;dur=<handler ms>
+        m = re.search(r"init;dur=([\d.]+)", r.headers.get("server-timing", ""))
+        if m:
+            inits.append(float(m.group(1)))
+    return {**summary(times), "served_by": dict(Counter(kinds)),
+            "specialisation_p50_ms": round(statistics.median(inits), 2) if inits else None}
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Sync invoke benchmark against a running platform (scripts/up).
 
-(a) warm sync invoke latency of a no-op function, p50/p99, against the
-    gateway's own /healthz latency, both measured with wrk at one connection,
-    alternating rounds in the same run;
+(a) warm sync invoke latency of a no-op function (p50, p90, p99, p99.9,
+    max), against the gateway's own /healthz latency, both measured with wrk
+    at one connection, alternating rounds in the same run;
 (b) first invocation of new functions served from stem cells, against
     `docker run --rm` of the same image running the same handler.
 
@@ -43,55 +43,76 @@ def zip_folder(folder: Path, manifest: dict[str, object] | None = None) -> bytes
     return buf.getvalue()
 
 
-def wrk(url: str, seconds: int, script: str | None = None) -> dict[str, float]:
-    """p50/p99 (ms) and requests/s of one wrk run at one connection."""
-    cmd = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", url]
-    if script:
-        cmd[1:1] = ["-s", script]
+# wrk's own summary rounds and omits p99.9; this prints the recorded distribution.
+WRK_DONE = """
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'FNHOST {"p50": %d, "p90": %d, "p99": %d, "p999": %d, "max": %d, "n": %d, "s": %f, "bad": %d}\\n',
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, summary.requests, summary.duration / 1e6,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+      + summary.errors.write + summary.errors.timeout))
+end
+"""
+POINTS = ("p50", "p90", "p99", "p999", "max")
+
+
+def wrk_script(path: Path, key: str | None) -> str:
+    """A wrk script: a POST of `{}` with the key when given, and the summary above."""
+    lines = []
+    if key is not None:
+        lines += [
+            'wrk.method = "POST"', 'wrk.body = "{}"',
+            'wrk.headers["Content-Type"] = "application/json"',
+            f'wrk.headers["Authorization"] = "Bearer {key}"',
+        ]
+    path.write_text("\n".join(lines) + WRK_DONE)
+    return str(path)
+
+
+def wrk(url: str, seconds: int, script: str) -> dict[str, float]:
+    """Latency percentiles and max (ms) and requests/s of one wrk run at one connection."""
+    cmd = ["wrk", "-t1", "-c1", f"-d{seconds}s", "-s", script, url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out:
+    m = re.search(r"^FNHOST (\{.*\})$", out, re.M)
+    if m is None:
+        raise SystemExit(f"cannot parse wrk output:\n{out}")
+    raw = json.loads(m.group(1))
+    if raw["bad"] or "Non-2xx" in out:
         raise SystemExit(f"wrk saw errors:\n{out}")
-
-    def pct(label: str) -> float:
-        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if m is None:
-            raise SystemExit(f"cannot parse wrk output:\n{out}")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-        return float(m.group(1)) * scale
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"p50_ms": pct("50%"), "p99_ms": pct("99%"), "rps": rps}
+    result = {f"{k}_ms": raw[k] / 1000 for k in POINTS}
+    result["rps"] = raw["n"] / raw["s"]
+    return result
 
 
 def warm_latency(base: str, key: str, rounds: int, seconds: int) -> dict[str, object]:
+    """Warm invoke against /healthz in alternating rounds: each round's figures, and
+    the median and range over the rounds of every point and of the ratios."""
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     r = client.put("/v1/functions/bench-noop", content=zip_folder(NOOP),
                    headers={"Content-Type": "application/zip"})
     r.raise_for_status()
     for _ in range(20):
         client.post("/v1/functions/bench-noop/invocations", json={}).raise_for_status()
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write(
-            'wrk.method = "POST"\nwrk.body = "{}"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        )
-    health, invoke = [], []
-    for _ in range(rounds):
-        health.append(wrk(f"{base}/healthz", seconds))
-        invoke.append(wrk(f"{base}/v1/functions/bench-noop/invocations", seconds, lua.name))
-    os.unlink(lua.name)
+    rounds_out: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        health_lua = wrk_script(Path(tmp) / "healthz.lua", None)
+        invoke_lua = wrk_script(Path(tmp) / "invoke.lua", key)
+        for _ in range(rounds):
+            health = wrk(f"{base}/healthz", seconds, health_lua)
+            invoke = wrk(f"{base}/v1/functions/bench-noop/invocations", seconds, invoke_lua)
+            row = {f"healthz_{k}": round(v, 3) for k, v in health.items()}
+            row |= {f"invoke_{k}": round(v, 3) for k, v in invoke.items()}
+            row["p50_ratio"] = round(invoke["p50_ms"] / health["p50_ms"], 2)
+            row["p99_ratio"] = round(invoke["p99_ms"] / health["p99_ms"], 2)
+            rounds_out.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
 
-    def med(runs: list[dict[str, float]], k: str) -> float:
-        return round(statistics.median(r[k] for r in runs), 3)
+    def spread(k: str) -> list[float]:
+        values = [row[k] for row in rounds_out]
+        return [round(statistics.median(values), 3), min(values), max(values)]
 
-    result = {
-        "healthz_p50_ms": med(health, "p50_ms"), "healthz_p99_ms": med(health, "p99_ms"),
-        "invoke_p50_ms": med(invoke, "p50_ms"), "invoke_p99_ms": med(invoke, "p99_ms"),
-        "invoke_rps_1conn": med(invoke, "rps"),
-    }
-    result["p50_ratio_to_healthz"] = round(result["invoke_p50_ms"] / result["healthz_p50_ms"], 2)
-    return result
+    return {"median_min_max": {k: spread(k) for k in rounds_out[0]}, "rounds": rounds_out}
 
 
 def stem_starts(base: str, key: str, count: int, memory_mb: int | None, pause_s: float) -> list[float]:
@@ -163,27 +184,43 @@ def main() -> None:
     key = tenant.json()["api_key"]
 
     warm = warm_latency(args.url, key, args.rounds, args.seconds)
-    stem_same = summary(stem_starts(args.url, key, args.starts, None, args.pause))
-    stem_resized = summary(stem_starts(args.url, key, args.starts, 256, args.pause))
-    docker = summary(docker_runs(args.image, args.starts))
-    report = {
-        "warm": warm,
-        "stem_start_default_memory": stem_same,
-        "stem_start_resized_256mb": stem_resized,
-        "docker_run_rm": docker,
-        "docker_run_over_stem_p50": round(docker["p50_ms"] / stem_same["p50_ms"], 1),
-        "docker_run_over_stem_resized_p50": round(docker["p50_ms"] / stem_resized["p50_ms"], 1),
-    }
+    report: dict[str, object] = {"warm": warm}
+    if args.starts > 0:  # --starts 0: the warm figures only
+        stem_same = summary(stem_starts(args.url, key, args.starts, None, args.pause))
+        stem_resized = summary(stem_starts(args.url, key, args.starts, 256, args.pause))
+        docker = summary(docker_runs(args.image, args.starts))
+        report |= {
+            "stem_start_default_memory": stem_same,
+            "stem_start_resized_256mb": stem_resized,
+            "docker_run_rm": docker,
+            "docker_run_over_stem_p50": round(docker["p50_ms"] / stem_same["p50_ms"], 1),
+            "docker_run_over_stem_resized_p50": round(
+                docker["p50_ms"] / stem_resized["p50_ms"], 1
+            ),
+        }
     print(json.dumps(report, indent=2))
+    m = warm["median_min_max"]
+    assert isinstance(m, dict)
+    print("\nmedian over rounds (min-max), ms:")
+    for point in POINTS:
+        print(
+            f"  {point:>4}: invoke {m[f'invoke_{point}_ms'][0]} "
+            f"({m[f'invoke_{point}_ms'][1]}-{m[f'invoke_{point}_ms'][2]}), "
+            f"/healthz {m[f'healthz_{point}_ms'][0]} "
+            f"({m[f'healthz_{point}_ms'][1]}-{m[f'healthz_{point}_ms'][2]})"
+        )
     print(
-        f"\nwarm invoke p50 {warm['invoke_p50_ms']} ms, p99 {warm['invoke_p99_ms']} ms; "
-        f"/healthz p50 {warm['healthz_p50_ms']} ms; ratio {warm['p50_ratio_to_healthz']}x\n"
-        f"stem-cell first invoke p50 {stem_same['p50_ms']} ms "
-        f"({stem_resized['p50_ms']} ms with a memory resize); "
-        f"docker run --rm p50 {docker['p50_ms']} ms; "
-        f"{report['docker_run_over_stem_p50']}x faster"
+        f"  ratio p50 {m['p50_ratio'][0]}x ({m['p50_ratio'][1]}-{m['p50_ratio'][2]}), "
+        f"p99 {m['p99_ratio'][0]}x ({m['p99_ratio'][1]}-{m['p99_ratio'][2]}); "
+        f"{m['invoke_rps'][0]:.0f} invokes/s on one connection"
     )
-
+    if args.starts > 0:
+        print(
+            f"stem-cell first invoke p50 {stem_same['p50_ms']} ms "
+            f"({stem_resized['p50_ms']} ms with a memory resize); "
+            f"docker run --rm p50 {docker['p50_ms']} ms; "
+            f"{report['docker_run_over_stem_p50']}x faster"
+        )
 
 if __name__ == "__main__":
     main()

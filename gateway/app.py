@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from gateway.auth import AuthMiddleware
 from gateway.body import UnreadBodyMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.routes import functions, health, invoke, tasks, tenants
+from gateway.routes import batch, functions, health, invoke, tasks, tenants
 from gateway.state import Services
 from runtime.settings import Settings
 
@@ -30,7 +30,8 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[
-            *health.routes, *tenants.routes, *functions.routes, *invoke.routes, *tasks.routes
+            *health.routes, *tenants.routes, *functions.routes, *invoke.routes, *batch.routes,
+            *tasks.routes,
         ],
         middleware=[
             Middleware(

@@ -63,7 +63,8 @@ class Services:
         # Flow control on the invoke path (gateway/throttle.py).
         self.rate_limiter = RateLimiter(RateStore(self.mongo))
         self.backpressure = Backpressure(
-            settings.backlog_messages, settings.backlog_age_s, settings.backlog_poll_s
+            settings.backlog_messages, settings.backlog_age_s, settings.backlog_poll_s,
+            max_wait_s=settings.backlog_wait_s, burst=settings.backlog_burst,
         )
         self.connection: AbstractRobustConnection | None = None
 

@@ -98,11 +98,15 @@ def check_backlog(backpressure: Backpressure, record: FunctionRecord, kind: str)
     """Raise Throttled when back-pressure refuses this async submission."""
     refusal = backpressure.check((record.tenant, record.name), queue_of(record))
     if refusal is not None:
+        work = "" if refusal.wait_s is None else f", about {refusal.wait_s:.0f} s of work"
+        wait_threshold = ("" if backpressure.max_wait_s is None
+                          else f", {backpressure.max_wait_s:g} s of work")
         raise _refused(
             record, kind, BACKLOG,
             f"too many asynchronous invocations are waiting: {refusal.depth} messages in "
-            f"the queue, the oldest about {refusal.age_s:.0f} s old (thresholds: "
-            f"{backpressure.max_messages} messages, {backpressure.max_age_s:g} s); "
+            f"the queue{work}, the oldest about {refusal.age_s:.0f} s old (thresholds: "
+            f"{backpressure.max_messages} messages{wait_threshold}, "
+            f"{backpressure.max_age_s:g} s old); "
             "this function's share of the backlog is large: submit more slowly",
             refusal.retry_after_s,
         )

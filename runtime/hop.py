@@ -14,14 +14,15 @@ membership (heartbeats with each scheduler's address) and every async task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-from runtime.agent import protocol
+from runtime import frames
+from runtime.agent.protocol import ProtocolError
 from runtime.broker.membership import Member, Membership
 from runtime.errors import Unavailable
 
@@ -30,6 +31,117 @@ Header = dict[str, Any]
 Handler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 # A liveness probe: the scheduler answers it at once, without the sync handler.
 OP_PING, OP_PONG = "ping", "pong"
+# How long a new connection may take to say hello before the scheduler drops it.
+HELLO_TIMEOUT_S = 10.0
+
+
+class _Framed(asyncio.Protocol):
+    """One end of a hop connection. Frames are parsed in `data_received` and handed
+    on from there: no stream reader and no reader task, so a frame costs no extra
+    turn of the event loop. Writes are one frame each, so frames of concurrent
+    requests never interleave; `drain` waits while the kernel's buffer is full."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._parser = frames.FrameParser()
+        self._resumed: asyncio.Future[None] | None = None  # set while writing is paused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # One frame per write and a reply awaited: Nagle would only hold a small
+            # frame back for the ACK of the one before it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            received = self._parser.feed(data)
+        except ProtocolError as exc:
+            log.warning("closing a sync link: %s", exc)
+            self.close()
+            return
+        for header, body in received:
+            self.frame_received(header, body)
+
+    def frame_received(self, header: Header, body: bytes) -> None:
+        raise NotImplementedError
+
+    @property
+    def closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def write(self, header: Header, body: bytes = b"") -> None:
+        if not self.closing:
+            assert self._transport is not None
+            self._transport.write(frames.pack(header, body))
+
+    async def drain(self) -> None:
+        if self._resumed is not None:
+            await asyncio.shield(self._resumed)
+
+    def pause_writing(self) -> None:
+        if self._resumed is None:
+            self._resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        if self._resumed is not None:
+            if not self._resumed.done():
+                self._resumed.set_result(None)
+            self._resumed = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._wake_writers()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _ServerSide(_Framed):
+    """A gateway's connection to this scheduler: a hello with the token first, then
+    each request runs as its own task and is answered when done, in any order."""
+
+    def __init__(self, server: HopServer) -> None:
+        super().__init__()
+        self._server = server
+        self._hello: asyncio.TimerHandle | None = None
+        self._authenticated = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server.connections.add(self)
+        self._hello = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self.close)
+
+    def frame_received(self, header: Header, body: bytes) -> None:
+        if not self._authenticated:
+            if self._hello is not None:
+                self._hello.cancel()
+            if not self._server.admits(header):
+                log.warning("refused a sync link with a bad cluster token")
+                self.close()
+                return
+            self._authenticated = True
+        elif header.get("op") == OP_PING:
+            self.write({"op": OP_PONG, "id": header.get("id")})
+        else:
+            self._server.spawn(self._answer(header, body))
+
+    async def _answer(self, header: Header, body: bytes) -> None:
+        reply, reply_body = await self._server.handler(header, body)
+        reply["id"] = header.get("id")
+        self.write(reply, reply_body)
+        await self.drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._hello is not None:
+            self._hello.cancel()
+        self._server.connections.discard(self)
 
 
 class HopServer:
@@ -37,51 +149,53 @@ class HopServer:
 
     def __init__(self, token: str, handler: Handler) -> None:
         self._token = token.encode()
-        self._handler = handler
+        self.handler = handler
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[_ServerSide] = set()
         self.address = ""
 
     async def start(self, bind: str, advertise: str | None) -> None:
         host, _, port = bind.rpartition(":")
-        self._server = await asyncio.start_server(self._serve, host, int(port))
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ServerSide(self), host, int(port))
         sock_port = self._server.sockets[0].getsockname()[1]
         self.address = advertise or f"{host}:{sock_port}"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            hello, _ = await asyncio.wait_for(protocol.read_frame(reader), 10)
-            if not hmac.compare_digest(str(hello.get("token", "")).encode(), self._token):
-                log.warning("refused a sync link with a bad cluster token")
-                return
-            while True:
-                header, body = await protocol.read_frame(reader)
-                if header.get("op") == OP_PING:
-                    writer.write(protocol.pack({"op": OP_PONG, "id": header.get("id")}))
-                    continue
-                task = asyncio.create_task(self._answer(writer, header, body))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, protocol.ProtocolError):
-            pass
-        finally:
-            writer.close()
+    def admits(self, hello: Header) -> bool:
+        return hmac.compare_digest(str(hello.get("token", "")).encode(), self._token)
 
-    async def _answer(self, writer: asyncio.StreamWriter, header: Header, body: bytes) -> None:
-        reply, reply_body = await self._handler(header, body)
-        reply["id"] = header.get("id")
-        if writer.is_closing():
-            return
-        # One write per frame: frames of concurrent replies never interleave.
-        writer.write(protocol.pack(reply, reply_body))
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+    def spawn(self, answer: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(answer)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for connection in list(self.connections):
+            connection.close()
         for task in list(self._tasks):
             task.cancel()
+
+
+class _ClientSide(_Framed):
+    """Replies come back by request id and complete their caller's future at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
+
+    def frame_received(self, header: Header, body: bytes) -> None:
+        future = self.pending.get(int(header.get("id") or 0))
+        if future is not None and not future.done():
+            future.set_result((header, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("lost the connection to the scheduler"))
 
 
 class HopLink:
@@ -91,67 +205,49 @@ class HopLink:
         self.address = address
         self._token = token
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._side: _ClientSide | None = None
         self._lock = asyncio.Lock()
 
     @property
     def closed(self) -> bool:
-        return self._writer is None or self._writer.is_closing()
+        return self._side is None or self._side.closing
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _ClientSide:
         async with self._lock:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            if self._side is not None and not self._side.closing:
+                return self._side
             host, _, port = self.address.rpartition(":")
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+                _, side = await asyncio.wait_for(
+                    loop.create_connection(_ClientSide, host.strip("[]"), int(port)), 5
+                )
             except (OSError, TimeoutError) as exc:
                 raise Unavailable(f"cannot reach the scheduler at {self.address}: {exc}") from None
-            writer.write(protocol.pack({"op": "hello", "token": self._token}))
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
-            return writer
+            side.write({"op": "hello", "token": self._token})
+            self._side = side
+            return side
 
     async def call(self, header: Header, body: bytes, timeout: float) -> tuple[Header, bytes]:
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            writer = await self._connect()
+        side = self._side
+        if side is None or side.closing:
+            side = await self._connect()
         request_id = next(self._ids)
         future: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        side.pending[request_id] = future
         try:
-            writer.write(protocol.pack({**header, "id": request_id}, body))
-            await writer.drain()
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                side.write({**header, "id": request_id}, body)
+                await side.drain()
+                return await future
         except TimeoutError:
             raise Unavailable(f"no answer from the scheduler within {timeout:.0f} s") from None
-        except ConnectionError:
-            raise Unavailable("lost the connection to the scheduler") from None
         finally:
-            self._pending.pop(request_id, None)
-
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                header, body = await protocol.read_frame(reader)
-                future = self._pending.get(int(header.get("id") or 0))
-                if future is not None and not future.done():
-                    future.set_result((header, body))
-        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
-            pass
-        finally:
-            writer.close()
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(Unavailable("lost the connection to the scheduler"))
+            side.pending.pop(request_id, None)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        if self._side is not None:
+            self._side.close()
 
 
 class HopClient:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Limits.
     sync_payload_limit: Annotated[int, Field(ge=1024)] = 6 * MB
     async_payload_limit: Annotated[int, Field(ge=1024)] = 1 * MB
+    # FNHOST_BATCH_MAX_TASKS: tasks one batch submission may carry (POST
+    # /v1/functions/{name}/invocations/batch); its whole body is bounded by
+    # FNHOST_ASYNC_PAYLOAD_LIMIT.
+    batch_max_tasks: Annotated[int, Field(ge=1, le=10000)] = 100
     bundle_max_bytes: Annotated[int, Field(ge=1024)] = 50 * MB
     bundle_max_unpacked_bytes: Annotated[int, Field(ge=1024)] = 250 * MB
     bundle_max_entries: Annotated[int, Field(ge=1)] = 10000
@@ -149,6 +153,15 @@ class Settings(BaseSettings):
     # 429, the likelier the larger their producer's share of the backlog.
     backlog_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 5000
     backlog_age_s: Annotated[float, Field(gt=0, le=604800)] = 300.0
+    # FNHOST_BACKLOG_WAIT_S, FNHOST_BACKLOG_BURST: a queue whose backlog is more than
+    # BACKLOG_WAIT_S of its consumers' work (depth over its recent drain rate: the wait
+    # a message submitted now can expect) is past its threshold too, once a gateway has
+    # put more than BACKLOG_BURST messages in it since it was last empty. Unlike the two
+    # above, a producer several times faster than its function reaches it within a
+    # second or two, even from an empty queue; a burst of up to BACKLOG_BURST is never
+    # refused for it, however long its function takes to work it off.
+    backlog_wait_s: Annotated[float, Field(gt=0, le=86400)] = 5.0
+    backlog_burst: Annotated[int, Field(ge=0, le=100_000_000)] = 300
     # FNHOST_BACKLOG_POLL_S: how often a gateway reads the depth of the queues it
     # submitted to lately (a passive declare each, off the request path).
     backlog_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5

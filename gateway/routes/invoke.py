@@ -10,7 +10,6 @@ never waits behind, nor is refused for, the async backlog.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import task_input
 from gateway.body import read_limited
 from gateway.metrics import INVOCATIONS, INVOKE_SECONDS
 from gateway.state import Services
@@ -27,12 +27,10 @@ from runtime import constants as c
 from runtime.errors import BadRequest, NotFound, Unavailable
 from runtime.store.functions import FunctionRecord
 from runtime.store.tenants import Tenant
-from runtime.tasks.submit import Submission
+from runtime.tasks.submit import Accepted, Submission
 
 SYNC, ASYNC, DRY_RUN = "RequestResponse", "Event", "DryRun"
 TYPES = {"requestresponse": SYNC, "event": ASYNC, "dryrun": DRY_RUN, "sync": SYNC, "async": ASYNC}
-TASK_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-MAX_DELAY_S = 86400
 # Time allowed on top of the function's timeout for queueing and a cold start.
 SYNC_MARGIN_S = 30.0
 
@@ -124,41 +122,29 @@ async def invoke(request: Request) -> Response:
     return Response(body, 200, headers=out, media_type=str(meta.get("content_type")))
 
 
-def task_id_header(request: Request) -> str | None:
-    raw = request.headers.get(c.HTTP_TASK_ID)
-    if raw is None:
-        return None
-    if not TASK_ID_RE.fullmatch(raw):
-        raise BadRequest(
-            "X-Task-Id must be 1-128 characters of A-Z a-z 0-9 _ . : -", field="X-Task-Id"
-        )
-    return raw
+async def admit(services: Services, record: FunctionRecord) -> None:
+    """Flow control of one async submission (a single one, or one task of a batch):
+    Throttled when back-pressure or the function's max_rate refuses it."""
+    # Back-pressure first: it costs no round trip, and a refused submission then
+    # takes no token of the function's max_rate.
+    check_backlog(services.backpressure, record, ASYNC)
+    await check_rate(services.rate_limiter, record, ASYNC)
 
 
-def delay_header(request: Request) -> float:
-    raw = request.headers.get(c.HTTP_DELAY)
-    if raw is None:
-        return 0.0
-    try:
-        delay = float(raw)
-    except ValueError:
-        delay = -1.0
-    if not 0 <= delay <= MAX_DELAY_S:
-        raise BadRequest(
-            f"X-Delay-Seconds must be a number from 0 to {MAX_DELAY_S}", field="X-Delay-Seconds"
-        )
-    return delay
+def note_accepted(services: Services, record: FunctionRecord, accepted: Accepted) -> None:
+    """What back-pressure and the metrics learn of an accepted async submission."""
+    if accepted.due_at is None:  # a delayed task waits in a timer, not in the queue
+        services.backpressure.enqueued(queue_of(record))
+    INVOCATIONS.labels(ASYNC, "accepted").inc()
 
 
 async def _submit(
     services: Services, request: Request, record: FunctionRecord, payload: bytes, request_id: str
 ) -> Response:
     """202 only once the task is durable (broker confirm, or its timer stored)."""
-    task_id, delay_s = task_id_header(request), delay_header(request)
-    # Back-pressure first: it costs no round trip, and a refused submission then
-    # takes no token of the function's max_rate.
-    check_backlog(services.backpressure, record, ASYNC)
-    await check_rate(services.rate_limiter, record, ASYNC)
+    task_id = task_input.task_id(request.headers.get(c.HTTP_TASK_ID), "X-Task-Id")
+    delay_s = task_input.delay_header(request.headers.get(c.HTTP_DELAY), "X-Delay-Seconds")
+    await admit(services, record)
     accepted = await services.submitter.submit(
         Submission(
             record=record,
@@ -169,9 +155,7 @@ async def _submit(
             request_id=request_id,
         )
     )
-    if accepted.due_at is None:  # a delayed task waits in a timer, not in the queue
-        services.backpressure.enqueued(queue_of(record))
-    INVOCATIONS.labels(ASYNC, "accepted").inc()
+    note_accepted(services, record, accepted)
     body = {"task_id": accepted.task_id, "request_id": accepted.request_id, "status": "Enqueued"}
     return Response(
         orjson.dumps(body),

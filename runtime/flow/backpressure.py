@@ -13,8 +13,28 @@ message it put in a queue (`enqueued`). Per queue, a tenant's or a function's ow
   nothing waiting now is older) and depth / drain rate. Messages this gateway did
   not send (other gateways, retry timers) are not counted as arrivals, so the
   drain rate errs low and the second estimate high; the first one caps it;
-- pressure = max(depth / max_messages, age / max_age_s): past 1, the queue is
-  over its threshold.
+- the expected wait of a message submitted now: depth / drain rate, the seconds of
+  its consumers' work already waiting ahead of it; it counts once this gateway has
+  put more than `burst` messages in the queue since it was last seen empty;
+- pressure = max(depth / max_messages, age / max_age_s, wait / max_wait_s): past 1,
+  the queue is over its threshold.
+
+Why the expected wait. The other two thresholds are absolute, and a flood from a
+standing start stays under them for a long time: 5,000 messages are a minute of
+work for a function that runs 80 tasks a second, and no message is old yet in a
+queue that was empty a few seconds ago. The expected wait measures the backlog by
+its function's capacity, so a producer several times faster than its function is
+past `max_wait_s` as soon as two readings with messages waiting give a drain rate.
+So is a burst, at first: a burst and a flood look alike until the burst ends. What
+tells them apart is that the burst ends, so a queue first takes `burst` messages
+(counted from when it was last seen empty) on which the wait is not judged, however
+long its function takes to work them off; a flood goes past that many within a
+second or two and is then judged by its wait. The allowance also covers the first
+seconds of a function, when its consumers are still starting containers and the
+drain rate they show is lower than the one to come. While no drain rate is known
+(a queue just created, or nothing drained yet) the wait is not used: the absolute
+thresholds remain the backstop, as they are for a queue that nothing drains (its
+age grows).
 
 Who is refused: fair dropping, as AFD does for packets. Producers are functions;
 their recent submissions (refused ones included) are counted with Sample-and-Hold
@@ -39,7 +59,7 @@ threshold).
 Never refused: a submission to a queue without a recent reading (a tenant just
 created, a broker the poller cannot reach): back-pressure fails open.
 
-Retry-After: the time the queue needs to get back under its threshold at its
+Retry-After: the time the queue needs to get back under its thresholds at its
 drain rate, 1-60 s (60 while nothing drains it).
 
 Pure: time and randomness are injected; no I/O.
@@ -82,12 +102,14 @@ class Refusal:
     depth: int
     age_s: float
     probability: float
+    wait_s: float | None = None  # the expected wait, when a drain rate is known
 
 
 class QueueGauge:
     """One queue's readings: depth, drain rate, estimated age of the oldest message."""
 
-    __slots__ = ("arrivals", "depth", "drain_per_s", "empty_at", "offered", "read_at", "submitted_at")
+    __slots__ = ("arrivals", "depth", "drain_per_s", "empty_at", "offered", "read_at", "since_empty",
+                 "submitted_at")
 
     def __init__(self, now: float) -> None:
         self.depth = 0
@@ -96,6 +118,7 @@ class QueueGauge:
         self.empty_at = now
         self.drain_per_s: float | None = None
         self.arrivals = 0  # messages this gateway enqueued since the last reading
+        self.since_empty = 0  # ... and since the queue was last seen empty (the burst so far)
         self.offered = 0.0  # recent submissions to it (decayed), the shares' denominator
         self.submitted_at = now
 
@@ -106,11 +129,13 @@ class QueueGauge:
             rate = drained / (now - self.read_at)
             previous = self.drain_per_s
             self.drain_per_s = rate if previous is None else DRAIN_ALPHA * rate + (1 - DRAIN_ALPHA) * previous
+        self.since_empty += self.arrivals
         self.arrivals = 0
         self.depth = depth
         self.read_at = now
         if depth == 0:
             self.empty_at = now
+            self.since_empty = 0
 
     def fresh(self, now: float, stale_s: float) -> bool:
         return self.read_at is not None and now - self.read_at <= stale_s
@@ -123,14 +148,33 @@ class QueueGauge:
             return min(since_empty, self.depth / self.drain_per_s)
         return since_empty
 
-    def pressure(self, now: float, max_messages: int, max_age_s: float) -> float:
-        return max(self.depth / max_messages, self.age_s(now) / max_age_s)
+    def wait_s(self) -> float | None:
+        """The expected wait of a message submitted now: None while no drain rate is known."""
+        if not self.drain_per_s:
+            return None
+        return self.depth / self.drain_per_s
 
-    def retry_after_s(self, now: float, max_messages: int, max_age_s: float) -> int:
-        """Seconds until it is back under its threshold at its drain rate, bounded."""
+    def judged_wait_s(self, burst: int) -> float | None:
+        """The expected wait, once more than `burst` messages came since the queue was empty."""
+        return self.wait_s() if self.since_empty > burst else None
+
+    def pressure(self, now: float, max_messages: int, max_age_s: float,
+                 max_wait_s: float | None = None, burst: int = 0) -> float:
+        pressure = max(self.depth / max_messages, self.age_s(now) / max_age_s)
+        wait = self.judged_wait_s(burst)
+        if max_wait_s is not None and wait is not None:
+            pressure = max(pressure, wait / max_wait_s)
+        return pressure
+
+    def retry_after_s(self, now: float, max_messages: int, max_age_s: float,
+                      max_wait_s: float | None = None, burst: int = 0) -> int:
+        """Seconds until it is back under its thresholds at its drain rate, bounded."""
         if not self.drain_per_s:
             return RETRY_AFTER_MAX_S
         wait = max((self.depth - max_messages) / self.drain_per_s, self.age_s(now) - max_age_s)
+        judged = self.judged_wait_s(burst)
+        if max_wait_s is not None and judged is not None:
+            wait = max(wait, judged - max_wait_s)
         return min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(wait)))
 
 
@@ -151,6 +195,7 @@ class _Decision:
     retry_after_s: int
     depth: int
     age_s: float
+    wait_s: float | None
     until: float
 
 
@@ -163,6 +208,8 @@ class Backpressure:
         max_age_s: float,
         poll_s: float,
         *,
+        max_wait_s: float | None = None,
+        burst: int = 0,
         sample: float = 0.125,
         half_life_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -170,10 +217,16 @@ class Backpressure:
     ) -> None:
         if max_messages < 1 or max_age_s <= 0 or poll_s <= 0:
             raise ValueError("max_messages >= 1, max_age_s > 0 and poll_s > 0 expected")
+        if max_wait_s is not None and max_wait_s <= 0:
+            raise ValueError("max_wait_s > 0 (or None: no threshold on the expected wait) expected")
+        if burst < 0:
+            raise ValueError("burst >= 0 expected")
         if not 0 < sample <= 1 or half_life_s <= 0:
             raise ValueError("sample in (0, 1] and half_life_s > 0 expected")
         self.max_messages = max_messages
         self.max_age_s = max_age_s
+        self.max_wait_s = max_wait_s
+        self.burst = burst
         self._stale_s = max(STALE_MIN_S, STALE_POLLS * poll_s)
         self._sample = sample
         self._half_life_s = half_life_s
@@ -202,7 +255,7 @@ class Backpressure:
         if self._rng() >= decision.probability:
             return None
         return Refusal(decision.retry_after_s, queue, decision.depth, decision.age_s,
-                       decision.probability)
+                       decision.probability, decision.wait_s)
 
     def enqueued(self, queue: str) -> None:
         """A submission went into `queue` (not a delayed one, which waits in a timer)."""
@@ -257,14 +310,15 @@ class Backpressure:
         for producer, share in shares.items():
             queue = self._held[producer].queue
             gauge = fresh[queue]
-            pressure = gauge.pressure(now, self.max_messages, self.max_age_s)
+            thresholds = (self.max_messages, self.max_age_s, self.max_wait_s, self.burst)
+            pressure = gauge.pressure(now, *thresholds)
             if pressure <= 1:
                 continue
             probability = 1 - 1 / (n * pressure**STEEPNESS * share)
             if probability > 0:
                 decisions[producer] = _Decision(
-                    queue, probability, gauge.retry_after_s(now, self.max_messages, self.max_age_s),
-                    gauge.depth, gauge.age_s(now), now + self._stale_s,
+                    queue, probability, gauge.retry_after_s(now, *thresholds), gauge.depth,
+                    gauge.age_s(now), gauge.wait_s(), now + self._stale_s,
                 )
         return decisions
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runtime import frames
 from runtime.agent import protocol
 
 
@@ -25,13 +26,18 @@ class AgentConnection:
 
     async def read(self) -> tuple[dict[str, Any], bytes]:
         try:
-            return await protocol.read_frame(self._reader)
+            # Header and body in one read: the agent sends a frame in one write.
+            header_len, body_len = protocol.unpack_prefix(
+                await self._reader.readexactly(protocol.PREFIX.size)
+            )
+            rest = await self._reader.readexactly(header_len + body_len)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise AgentGone(str(exc) or "connection closed") from None
+        return frames.decode_header(rest[:header_len]), rest[header_len:]
 
     async def request(self, header: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
         try:
-            self._writer.write(protocol.pack(header, body))
+            self._writer.write(frames.pack(header, body))
             await self._writer.drain()
         except ConnectionError as exc:
             raise AgentGone(str(exc)) from None

@@ -129,9 +129,10 @@ class Invoker:
         }
         started = time.perf_counter()
         try:
-            answer, body = await asyncio.wait_for(
-                container.agent.request(header, invocation.payload), timeout
-            )
+            # A timeout scope, not wait_for: wait_for wraps the request in a task of
+            # its own, one more task and turn of the event loop on every invocation.
+            async with asyncio.timeout(timeout):
+                answer, body = await container.agent.request(header, invocation.payload)
         except TimeoutError:
             self._pool.discard(container)
             error = {

@@ -46,6 +46,18 @@ class BatchWriter:
         self._kick()
         await future
 
+    async def insert_many(self, docs: list[Doc]) -> list[BaseException | None]:
+        """Insert documents, all in the next bulk write (one round trip for a batch
+        of them); for each, None or its error (DuplicateKeyError when its _id exists)."""
+        if not docs:
+            return []
+        loop = asyncio.get_running_loop()
+        ops = [_Op(InsertOne(doc), loop.create_future()) for doc in docs]
+        self._pending.extend(ops)
+        self._kick()
+        await asyncio.wait([op.future for op in ops])
+        return [op.future.exception() for op in ops]
+
     async def update(self, query: Doc, update: Doc) -> bool:
         """One conditional update by _id; True when it matched (and so was applied)."""
         token = secrets.token_hex(6)

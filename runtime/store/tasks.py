@@ -15,7 +15,7 @@ from typing import Any
 
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from runtime.errors import Conflict
 from runtime.store.batch import BatchReader, BatchWriter
@@ -109,7 +109,7 @@ class TaskStore:
 
     # -- creation ------------------------------------------------------------
 
-    async def create(
+    def record(
         self,
         *,
         tenant: str,
@@ -120,11 +120,10 @@ class TaskStore:
         content_type: str | None,
         created_at: datetime,
         due_at: datetime | None,
-    ) -> None:
-        """Insert an Enqueued task; 409 naming the existing task when the id is taken."""
-        key = task_key(tenant, function, task_id)
-        doc = {
-            "_id": key,
+    ) -> Doc:
+        """The record of a new task, Enqueued: what `create` and `create_many` insert."""
+        return {
+            "_id": task_key(tenant, function, task_id),
             "tenant": tenant,
             "function": function,
             "task_id": task_id,
@@ -140,14 +139,40 @@ class TaskStore:
             "payload": Binary(payload),
             "content_type": content_type,
         }
+
+    async def create(self, **fields: Any) -> None:
+        """Insert an Enqueued task (`fields` as `record` takes them); 409 naming the
+        existing task when the id is taken."""
+        doc = self.record(**fields)
         try:
             await self._task_writes.insert(doc)
         except DuplicateKeyError:
-            existing = await self._tasks.find_one({"_id": key}, {"status": 1})
-            state = existing["status"] if existing else "unknown"
-            raise Conflict(
-                f"task {task_id!r} of function {function!r} already exists (status {state})"
-            ) from None
+            raise (await self._conflicts([doc]))[0] from None
+
+    async def create_many(self, docs: list[Doc]) -> list[BaseException | None]:
+        """Insert the `record`s of several tasks in one bulk write; for each, None, a
+        Conflict naming the existing task (its id is taken), or the write's error."""
+        errors = await self._task_writes.insert_many(docs)
+        taken = [doc for doc, error in zip(docs, errors, strict=True)
+                 if isinstance(error, DuplicateKeyError)]
+        if not taken:
+            return errors
+        conflicts = iter(await self._conflicts(taken))
+        return [next(conflicts) if isinstance(e, DuplicateKeyError) else e for e in errors]
+
+    async def _conflicts(self, docs: list[Doc]) -> list[Conflict]:
+        """409s for records whose ids are taken, naming each existing task's status
+        (read in one query; "unknown" when the read fails: the 409 stands, and the
+        caller must not take it for a failed insert of its own)."""
+        state: dict[str, str] = {}
+        with contextlib.suppress(ConnectionFailure):
+            found = self._tasks.find({"_id": {"$in": [d["_id"] for d in docs]}}, {"status": 1})
+            state = {d["_id"]: d["status"] async for d in found}
+        return [
+            Conflict(f"task {d['task_id']!r} of function {d['function']!r} already exists "
+                     f"(status {state.get(d['_id'], 'unknown')})")
+            for d in docs
+        ]
 
     async def claim_id(self, tenant: str, function: str, task_id: str, created_at: datetime) -> None:
         """Reserve a caller-chosen id for a function without task mode (no record kept)."""
@@ -155,9 +180,21 @@ class TaskStore:
         try:
             await self._id_writes.insert({"_id": key, "expire_at": created_at + self._retention})
         except DuplicateKeyError:
-            raise Conflict(
-                f"task {task_id!r} of function {function!r} already exists (no record: task mode is off)"
-            ) from None
+            raise _id_taken(function, task_id) from None
+
+    async def claim_ids(
+        self, tenant: str, function: str, task_ids: list[str], created_at: datetime
+    ) -> list[BaseException | None]:
+        """`claim_id` for several ids in one bulk write; for each, None, a Conflict, or
+        the write's error."""
+        expire_at = created_at + self._retention
+        errors = await self._id_writes.insert_many(
+            [{"_id": task_key(tenant, function, t), "expire_at": expire_at} for t in task_ids]
+        )
+        return [
+            _id_taken(function, t) if isinstance(e, DuplicateKeyError) else e
+            for t, e in zip(task_ids, errors, strict=True)
+        ]
 
     async def forget(self, tenant: str, function: str, task_id: str) -> None:
         """Undo a create whose publish was not confirmed, so the caller can retry the id."""
@@ -389,6 +426,12 @@ class TaskStore:
         for query in await self._function_task_batches(tenant, function, when):
             marked += int((await self._tasks.update_many(query, update)).modified_count)
         return marked
+
+
+def _id_taken(function: str, task_id: str) -> Conflict:
+    return Conflict(
+        f"task {task_id!r} of function {function!r} already exists (no record: task mode is off)"
+    )
 
 
 def describe(doc: Doc, *, with_payload: bool = False) -> dict[str, Any]:

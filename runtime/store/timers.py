@@ -17,12 +17,36 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReplaceOne
 
 from runtime.store.mongo import Doc, Mongo
 
 DELAY, RETRY, PARK = "delay", "retry", "park"
 OUTBOX = "outbox"  # a destination record, not a message: see `hold`
+
+
+def timer(
+    due_at: datetime,
+    *,
+    kind: str,
+    tenant: str,
+    function: str,
+    headers: dict[str, Any],
+    body: bytes,
+    content_type: str | None,
+) -> Doc:
+    """A timer holding an invocation message, due at `due_at`, not leased."""
+    return {
+        "due_at": due_at,
+        "kind": kind,
+        "tenant": tenant,
+        "function": function,
+        "headers": headers,
+        "body": Binary(body),
+        "content_type": content_type,
+        "lease_until": None,
+        "lease": None,
+    }
 
 
 class TimerStore:
@@ -33,32 +57,15 @@ class TimerStore:
         await self._timers.create_index([("due_at", ASCENDING)])
         await self._timers.create_index([("tenant", ASCENDING), ("function", ASCENDING), ("kind", ASCENDING)])
 
-    async def schedule(
-        self,
-        key: str,
-        due_at: datetime,
-        *,
-        kind: str,
-        tenant: str,
-        function: str,
-        headers: dict[str, Any],
-        body: bytes,
-        content_type: str | None,
-    ) -> None:
-        await self._timers.replace_one(
-            {"_id": key},
-            {
-                "due_at": due_at,
-                "kind": kind,
-                "tenant": tenant,
-                "function": function,
-                "headers": headers,
-                "body": Binary(body),
-                "content_type": content_type,
-                "lease_until": None,
-                "lease": None,
-            },
-            upsert=True,
+    async def schedule(self, key: str, due_at: datetime, **fields: Any) -> None:
+        """Store (or replace) the timer `key`: `fields` as `timer` takes them."""
+        await self._timers.replace_one({"_id": key}, timer(due_at, **fields), upsert=True)
+
+    async def schedule_many(self, timers: dict[str, Doc]) -> None:
+        """`schedule` for several timers (key -> `timer(...)`), in one bulk write."""
+        await self._timers.bulk_write(
+            [ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in timers.items()],
+            ordered=False,
         )
 
     async def hold(

@@ -117,3 +117,41 @@ def test_unconfirmed_retry_is_503_and_the_task_stays_as_it_was(
         assert r.status_code == 202, r.text
         again = wait_task(client, task_id, {"Failed"}, until=lambda t: t["attempts"] == 2)
         assert again["attempts"] == 2, again
+
+
+def test_unconfirmed_tasks_of_a_batch_are_503_each(refusing: tuple[Platform, Vhost]) -> None:
+    """A batch whose messages the broker refuses: those tasks are 503 (with a retry
+    time), their records and ids taken back; a delayed task of the same batch, held by
+    a timer in the database, is accepted all the same."""
+    platform, vhost = refusing
+    with platform.new_tenant() as client:
+        assert deploy(client, "hello", "hello").status_code == 201
+        set_routable(vhost, client.tenant_id, False)  # type: ignore[attr-defined]
+        try:
+            wait_refusing(client, "hello")
+            r = client.post("/v1/functions/hello/invocations/batch", json={"tasks": [
+                {"task_id": "batch-never"}, {"task_id": "batch-later", "delay_s": 3600}, {},
+            ]})
+            assert r.status_code == 200, r.text
+            never, later, anonymous = r.json()["results"]
+            for refused in (never, anonymous):
+                assert refused["status"] == 503, refused
+                assert refused["error"]["code"] == "unavailable", refused
+                assert "broker" in refused["error"]["message"], refused
+                assert refused["error"]["retry_after_s"] >= 1, refused
+            assert later["status"] == 202 and later["task_id"] == "batch-later", later
+            assert_error(client.get("/v1/tasks/batch-never"), 404, "not_found")
+            assert client.get("/v1/tasks/batch-later").json()["status"] == "Enqueued"
+        finally:
+            set_routable(vhost, client.tenant_id, True)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 20
+        while True:
+            r = client.post("/v1/functions/hello/invocations/batch",
+                            json={"tasks": [{"task_id": "batch-never"}]})
+            assert r.status_code == 200, r.text
+            (result,) = r.json()["results"]
+            if result["status"] == 202:
+                break
+            assert result["status"] == 503 and time.monotonic() < deadline, result
+            time.sleep(0.3)
+        assert wait_task(client, "batch-never")["status"] == "Succeeded"

@@ -3,6 +3,7 @@ failing open without readings. Time and randomness are injected."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -258,3 +259,147 @@ def test_bad_arguments() -> None:
             Backpressure(*args)
     with pytest.raises(ValueError):
         Backpressure(10, 10.0, 0.5, sample=0)
+
+
+# -- the expected wait: a flood from a standing start, bursts ---------------------------
+
+WAIT_S, BURST = 5.0, 300  # the defaults of FNHOST_BACKLOG_WAIT_S and FNHOST_BACKLOG_BURST
+
+
+def waiting(clock: Clock, max_wait_s: float | None = WAIT_S, burst: int = BURST) -> Backpressure:
+    """Today's default thresholds on depth and age, with or without the expected wait."""
+    return Backpressure(5000, 300.0, 0.5, max_wait_s=max_wait_s, burst=burst, clock=clock,
+                        rng=random.Random(11).random)
+
+
+class Function:
+    """A queue and the consumers draining it at `drain_per_s` while messages wait."""
+
+    def __init__(self, queue: str, drain_per_s: float) -> None:
+        self.queue, self.drain_per_s, self.depth = queue, drain_per_s, 0.0
+
+    def run(self, dt: float) -> None:
+        self.depth = max(0.0, self.depth - self.drain_per_s * dt)
+
+
+def simulate(bp: Backpressure, clock: Clock, offers: dict[Producer, tuple[Function, float]],
+             seconds: float, burst: int | None = None) -> dict[Producer, list[tuple[float, bool]]]:
+    """Producers submitting at their rate (the first `burst` submissions each, when given),
+    readings every 0.5 s; each producer's answers as (seconds since the start, refused)."""
+    start, dt, next_read = clock.now, 0.01, clock.now + 0.5
+    answers: dict[Producer, list[tuple[float, bool]]] = {p: [] for p in offers}
+    owed = dict.fromkeys(offers, 0.0)
+    functions = {id(fn): fn for fn, _ in offers.values()}
+    while clock.now - start < seconds:
+        for producer, (fn, rate) in offers.items():
+            owed[producer] += rate * dt
+            while owed[producer] >= 1 and (burst is None or len(answers[producer]) < burst):
+                owed[producer] -= 1
+                refused = bp.check(producer, fn.queue) is not None
+                answers[producer].append((clock.now - start, refused))
+                if not refused:
+                    fn.depth += 1
+                    bp.enqueued(fn.queue)
+        for fn in functions.values():
+            fn.run(dt)
+        clock.now += dt
+        if clock.now >= next_read:
+            next_read += 0.5
+            for fn in functions.values():
+                bp.observe(fn.queue, int(fn.depth))
+            bp.refresh()
+    return answers
+
+
+def first_refusal(answers: list[tuple[float, bool]]) -> float | None:
+    return next((at for at, refused in answers if refused), None)
+
+
+def test_a_flood_from_a_standing_start_is_refused_within_two_seconds(clock: Clock) -> None:
+    # 480 submissions a second into a function that runs 80 a second, on an empty queue
+    # nothing has been read from before: under 5,000 messages and 300 s for a minute.
+    flood = {F: (Function(QF, 80.0), 480.0)}
+    answers = simulate(waiting(clock), clock, flood, 12.0)[F]
+    first = first_refusal(answers)
+    assert first is not None and first <= 2.0, first
+    late = [refused for at, refused in answers if at > 4.0]
+    assert sum(late) / len(late) > 0.6  # settling near sqrt(6) times the expected wait
+    # The thresholds on depth and age alone refuse nothing of it in those 12 s.
+    other = Clock()
+    absolute = simulate(waiting(other, max_wait_s=None), other, {F: (Function(QF, 80.0), 480.0)}, 12.0)
+    assert first_refusal(absolute[F]) is None
+
+
+def test_a_quiet_producer_beside_the_flood_is_not_refused(clock: Clock) -> None:
+    offers = {F: (Function(QF, 80.0), 480.0), Q: (Function(QQ, 80.0), 10.0)}
+    answers = simulate(waiting(clock), clock, offers, 12.0)
+    assert first_refusal(answers[F]) is not None
+    assert len(answers[Q]) > 100 and first_refusal(answers[Q]) is None
+
+
+def test_an_ordinary_burst_is_not_refused(clock: Clock) -> None:
+    # 500 tasks into a function that drains 100 a second, submitted within half a second.
+    burst = simulate(waiting(clock), clock, {F: (Function(QF, 100.0), 1000.0)}, 10.0, burst=500)[F]
+    assert len(burst) == 500 and first_refusal(burst) is None
+    # However long the function takes to work it off: 600 tasks at 20 a second (30 s).
+    slow_clock = Clock()
+    slow = simulate(waiting(slow_clock), slow_clock, {F: (Function(QF, 20.0), 400.0)}, 10.0,
+                    burst=BURST)[F]
+    assert len(slow) == BURST and first_refusal(slow) is None
+    # Past the burst, the same producer is told.
+    more_clock = Clock()
+    more = simulate(waiting(more_clock), more_clock, {F: (Function(QF, 20.0), 400.0)}, 10.0,
+                    burst=2 * BURST)[F]
+    assert first_refusal(more) is not None
+
+
+def test_the_expected_wait_is_depth_over_the_drain_rate(clock: Clock) -> None:
+    bp = policy(clock)
+    submit(bp, F, QF, 1)
+    read(bp, clock, {QF: 10})
+    gauge = bp.gauge(QF)
+    assert gauge is not None and gauge.wait_s() is None  # no drain rate yet: not used
+    read(bp, clock, {QF: 0}, dt=1.0)
+    assert gauge.drain_per_s == pytest.approx(10) and gauge.wait_s() == 0
+    for _ in range(400):
+        bp.enqueued(QF)
+    read(bp, clock, {QF: 400}, dt=1.0)
+    assert gauge.wait_s() == pytest.approx(40)
+
+
+def test_a_burst_counts_from_when_the_queue_was_last_seen_empty(clock: Clock) -> None:
+    bp = Backpressure(5000, 300.0, 0.5, max_wait_s=WAIT_S, burst=100, sample=1.0, clock=clock,
+                      rng=random.Random(3).random)
+    gauge_of = bp.gauge
+    for depth in (60, 20):  # 60 in, 40 out in a second: a drain rate of 40 a second
+        for _ in range(60 if depth == 60 else 0):
+            bp.check(F, QF)
+            bp.enqueued(QF)
+        read(bp, clock, {QF: depth}, dt=1.0)
+    gauge = gauge_of(QF)
+    assert gauge is not None and gauge.drain_per_s == pytest.approx(40)
+    read(bp, clock, {QF: 0}, dt=1.0)  # worked off: the next burst counts from here
+    assert gauge.since_empty == 0
+    for _ in range(100):
+        bp.check(F, QF)
+        bp.enqueued(QF)
+    read(bp, clock, {QF: 100}, dt=0.5)  # 2.5 s of work waiting, a burst of 100: not judged
+    for _ in range(400):
+        bp.check(F, QF)
+        bp.enqueued(QF)
+    read(bp, clock, {QF: 480}, dt=0.5)  # 500 since empty, 12 s of work: past 5 s
+    assert gauge.since_empty == 500
+    wait = gauge.wait_s()
+    assert wait is not None and wait > WAIT_S
+    assert bp.probability(F) == pytest.approx(1 - (WAIT_S / wait) ** 2)
+    refusal = next(r for r in (bp.check(F, QF) for _ in range(100)) if r is not None)
+    # Retry-After: the time to work the backlog down to 5 s of work.
+    assert refusal.retry_after_s == math.ceil(wait - WAIT_S)
+    assert refusal.wait_s == pytest.approx(wait)
+
+
+def test_bad_wait_arguments() -> None:
+    with pytest.raises(ValueError):
+        Backpressure(10, 10.0, 0.5, max_wait_s=0)
+    with pytest.raises(ValueError):
+        Backpressure(10, 10.0, 0.5, burst=-1)
