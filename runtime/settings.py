@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     # second or two, even from an empty queue; a burst of up to BACKLOG_BURST is never
     # refused for it, however long its function takes to work it off.
     backlog_wait_s: Annotated[float, Field(gt=0, le=86400)] = 5.0
-    backlog_burst: Annotated[int, Field(ge=0, le=100_000_000)] = 300
+    backlog_burst: Annotated[int, Field(ge=0, le=100_000_000)] = 600
     # FNHOST_BACKLOG_POLL_S: how often a gateway reads the depth of the queues it
     # submitted to lately (a passive declare each, off the request path).
     backlog_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5

@@ -263,7 +263,7 @@ def test_bad_arguments() -> None:
 
 # -- the expected wait: a flood from a standing start, bursts ---------------------------
 
-WAIT_S, BURST = 5.0, 300  # the defaults of FNHOST_BACKLOG_WAIT_S and FNHOST_BACKLOG_BURST
+WAIT_S, BURST = 5.0, 600  # the defaults of FNHOST_BACKLOG_WAIT_S and FNHOST_BACKLOG_BURST
 
 
 def waiting(clock: Clock, max_wait_s: float | None = WAIT_S, burst: int = BURST) -> Backpressure:
