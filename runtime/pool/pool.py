@@ -317,18 +317,23 @@ class Pool:
         )
 
     def _make_room(
-        self, key: FunctionKey, *, new: int, memory_mb: int, spare: Container | None = None
+        self, key: FunctionKey | None, *, new: int, memory_mb: int, spare: Container | None = None,
+        reserve_before: float | None = None,
     ) -> bool:
         """Whether `new` more containers and `memory_mb` more MB fit on this host, once
-        idle containers are evicted (none is, when that would still not do)."""
+        idle containers are evicted (none is, when that would still not do). For the
+        stem-cell reserve (`reserve_before`): only warm containers idle since before
+        then go, never stem cells, counted as `reserve_evictions`."""
+        reserve = reserve_before is not None
         chosen = select.victims(
             self._containers.values(), key, new=new, memory_mb=memory_mb,
             max_containers=self.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
+            stems=not reserve, idle_before=reserve_before,
         )
         if chosen is None:
             return False
         for victim, reason in chosen:
-            self.counters["evictions"] += 1
+            self.counters["reserve_evictions" if reserve else "evictions"] += 1
             self.counters[f"evictions_{reason}"] += 1
             if victim.state is State.STEM:
                 self.counters["evicted_stem_cells"] += 1
@@ -645,16 +650,8 @@ class Pool:
         )
         if not sizes:
             return
-        chosen = select.victims(
-            containers, None, new=len(sizes), memory_mb=sum(sizes), max_containers=self.max_containers,
-            budget_mb=self.memory_budget_mb, stems=False, idle_before=idle_before,
-        )
-        if chosen is None:  # the room was counted per size: a rounding of sizes, try later
-            return
-        for victim, reason in chosen:
-            self.counters["reserve_evictions"] += 1
-            self.counters[f"evictions_{reason}"] += 1
-            self.discard(victim)
+        if not self._make_room(None, new=len(sizes), memory_mb=sum(sizes), reserve_before=idle_before):
+            return  # the room was counted size by size: the reaper sets the refill again
         results = await asyncio.gather(
             *(self._start_stem(size) for size in sizes), return_exceptions=True
         )

@@ -143,7 +143,10 @@ class TaskStore:
     async def create(self, **fields: Any) -> None:
         """Insert an Enqueued task (`fields` as `record` takes them); 409 naming the
         existing task when the id is taken."""
-        doc = self.record(**fields)
+        await self.insert(self.record(**fields))
+
+    async def insert(self, doc: Doc) -> None:
+        """Insert a task's `record`; 409 naming the existing task when the id is taken."""
         try:
             await self._task_writes.insert(doc)
         except DuplicateKeyError:

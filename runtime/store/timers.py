@@ -59,7 +59,11 @@ class TimerStore:
 
     async def schedule(self, key: str, due_at: datetime, **fields: Any) -> None:
         """Store (or replace) the timer `key`: `fields` as `timer` takes them."""
-        await self._timers.replace_one({"_id": key}, timer(due_at, **fields), upsert=True)
+        await self.put(key, timer(due_at, **fields))
+
+    async def put(self, key: str, doc: Doc) -> None:
+        """Store (or replace) the timer `key`, a `timer(...)`."""
+        await self._timers.replace_one({"_id": key}, doc, upsert=True)
 
     async def schedule_many(self, timers: dict[str, Doc]) -> None:
         """`schedule` for several timers (key -> `timer(...)`), in one bulk write."""

@@ -142,11 +142,7 @@ class Submitter:
         record = sub.record
         try:
             if plan.task_mode:
-                await self._tasks.create(
-                    tenant=record.tenant, function=record.name, task_id=plan.task_id,
-                    request_id=plan.request_id, payload=sub.payload, content_type=sub.content_type,
-                    created_at=plan.created_at, due_at=plan.due_at,
-                )
+                await self._tasks.insert(plan.record(self._tasks))
             elif sub.task_id is not None:
                 await self._tasks.claim_id(record.tenant, record.name, plan.task_id, plan.created_at)
         except ServerSelectionTimeoutError:
@@ -158,11 +154,7 @@ class Submitter:
             raise
         try:
             if plan.due_at is not None:
-                await self._timers.schedule(
-                    task_key(*plan.key), plan.due_at, kind=DELAY, tenant=record.tenant,
-                    function=record.name, headers=plan.headers(), body=sub.payload,
-                    content_type=sub.content_type,
-                )
+                await self._timers.put(task_key(*plan.key), plan.timer())
             else:
                 await self._publish(plan)
         except Exception:
