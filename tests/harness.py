@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -444,6 +445,63 @@ def submit_event(client: httpx.Client, name: str, payload: Any = None,
     # Values may be bytes (a header that is not ASCII); httpx takes str and bytes alike.
     sent: Any = {"Content-Type": "application/json", "X-Invocation-Type": "Event", **(headers or {})}
     return client.post(f"/v1/functions/{name}/invocations", content=body, headers=sent)
+
+
+class Submitters:
+    """Threads submitting Event invocations of `name` with `event` back to back (or
+    `interval_s` apart), each answer kept with when it came (seconds from the start),
+    until stopped, `seconds` or `limit` submissions."""
+
+    def __init__(self, client: httpx.Client, name: str, event: Any, *, threads: int,
+                 seconds: float = float("inf"), limit: int = sys.maxsize,
+                 interval_s: float = 0.0) -> None:
+        self.client, self.name, self.event = client, name, event
+        self.seconds, self.limit, self.interval_s = seconds, limit, interval_s
+        self.answers: list[tuple[float, httpx.Response]] = []
+        self.started = 0.0
+        self._issued = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() - self.started < self.seconds:
+            with self._lock:
+                if self._issued >= self.limit:
+                    return
+                self._issued += 1
+            r = submit_event(self.client, self.name, self.event)
+            with self._lock:
+                self.answers.append((time.monotonic() - self.started, r))
+            if self.interval_s:
+                self._stop.wait(self.interval_s)
+
+    def responses(self) -> list[httpx.Response]:
+        with self._lock:
+            return [r for _, r in self.answers]
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return sum(r.status_code == status for _, r in self.answers)
+
+    def first(self, status: int) -> tuple[float, httpx.Response] | None:
+        with self._lock:
+            return next(((at, r) for at, r in self.answers if r.status_code == status), None)
+
+    def done(self) -> bool:
+        with self._lock:
+            return len(self.answers) >= self.limit
+
+    def __enter__(self) -> Submitters:
+        self.started = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
 
 
 def wait_task(client: httpx.Client, task_id: str, statuses: set[str] | frozenset[str] = FINAL_STATUSES,

@@ -8,7 +8,6 @@ Real gateway and scheduler processes, RabbitMQ, a MongoDB-wire server and Docker
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 from tests.harness import (
     MongoServer,
     Platform,
+    Submitters,
     assert_error,
     deploy,
     invoke,
@@ -39,37 +39,6 @@ def flooded(mongo: MongoServer) -> Iterator[Platform]:
         yield p
 
 
-class Flood:
-    """Threads submitting Event invocations of one function as fast as they can."""
-
-    def __init__(self, client: httpx.Client, name: str, threads: int = 3) -> None:
-        self.client, self.name = client, name
-        self.answers: list[httpx.Response] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            r = submit_event(self.client, self.name, {"seconds": SLOW_S})
-            with self._lock:
-                self.answers.append(r)
-
-    def count(self, status: int) -> int:
-        with self._lock:
-            return sum(r.status_code == status for r in self.answers)
-
-    def __enter__(self) -> Flood:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-
 def throttled_count(platform: Platform, tenant: str) -> float:
     text = httpx.get(f"{platform.url}/metrics", timeout=10).text
     m = re.search(rf'^fnhost_throttled_total{{reason="backlog",tenant="{tenant}"}} (\S+)$', text, re.M)
@@ -86,7 +55,7 @@ def test_the_flooding_tenant_is_throttled_the_quiet_one_and_sync_are_not(flooded
             assert r.status_code == 201, r.text
         flooded.stop_role("scheduler")  # nothing consumes: every accepted task waits
 
-        with Flood(flood_client, "slow") as flood:
+        with Submitters(flood_client, "slow", {"seconds": SLOW_S}, threads=3) as flood:
             # Until the backlog is well past the threshold and refusals are the rule.
             deadline = time.monotonic() + 60
             while flood.count(202) < 5 * THRESHOLD or flood.count(429) < 50:
@@ -96,14 +65,15 @@ def test_the_flooding_tenant_is_throttled_the_quiet_one_and_sync_are_not(flooded
             # backlog is small, so none of its submissions is refused.
             quiet = [submit_event(quiet_client, "hello", {"name": str(i)})
                      for i in range(int(1.5 * THRESHOLD))]
-            recent_start = len(flood.answers)
+            recent_start = len(flood.responses())
             time.sleep(1.0)
-            recent = flood.answers[recent_start:]
+            recent = flood.responses()[recent_start:]
         assert [r.status_code for r in quiet] == [202] * len(quiet), [r.text for r in quiet]
-        assert all(r.status_code in (202, 429) for r in flood.answers), {r.status_code for r in flood.answers}
+        answered = flood.responses()
+        assert all(r.status_code in (202, 429) for r in answered), {r.status_code for r in answered}
         assert sum(r.status_code == 429 for r in recent) > 0.8 * len(recent), len(recent)
 
-        refused = [r for r in flood.answers if r.status_code == 429]
+        refused = [r for r in answered if r.status_code == 429]
         error = assert_error(refused[-1], 429, "throttled")
         assert f"thresholds: {THRESHOLD} messages" in error["message"], error
         for r in refused:

@@ -8,14 +8,21 @@ gateway and scheduler processes, RabbitMQ, a MongoDB-wire server and Docker.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.harness import MongoServer, Platform, assert_error, deploy, invoke, own_platform, submit_event
+from tests.harness import (
+    MongoServer,
+    Platform,
+    Submitters,
+    assert_error,
+    deploy,
+    invoke,
+    own_platform,
+)
 
 WORK = {"seconds": 0.05}  # the quiet tenant's: 50 ms a task
 # The flooded function: 200 ms at max_concurrency 4, 20 tasks a second at most. On a
@@ -52,59 +59,14 @@ def deployed(client: httpx.Client, config: dict[str, int]) -> None:
     assert invoke(client, "work", {"seconds": 0}).status_code == 200  # a warm container
 
 
-class Submitters:
-    """Threads submitting Event invocations of `work` back to back (or `interval_s`
-    apart), each answer kept with when it came, until stopped, `seconds` or `limit`."""
-
-    def __init__(self, client: httpx.Client, threads: int, seconds: float, limit: int,
-                 interval_s: float = 0.0, event: dict[str, float] = WORK) -> None:
-        self.client, self.seconds, self.limit, self.interval_s = client, seconds, limit, interval_s
-        self.event = event
-        self.answers: list[tuple[float, httpx.Response]] = []
-        self.started = 0.0
-        self._issued = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() - self.started < self.seconds:
-            with self._lock:
-                if self._issued >= self.limit:
-                    return
-                self._issued += 1
-            r = submit_event(self.client, "work", self.event)
-            with self._lock:
-                self.answers.append((time.monotonic() - self.started, r))
-            if self.interval_s:
-                self._stop.wait(self.interval_s)
-
-    def first(self, status: int) -> tuple[float, httpx.Response] | None:
-        with self._lock:
-            return next(((at, r) for at, r in self.answers if r.status_code == status), None)
-
-    def done(self) -> bool:
-        with self._lock:
-            return len(self.answers) >= self.limit
-
-    def __enter__(self) -> Submitters:
-        self.started = time.monotonic()
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-
 def test_a_flood_from_a_standing_start_is_refused_within_seconds(fresh: Platform) -> None:
     with fresh.new_tenant() as flooding, fresh.new_tenant() as quiet:
         for client in (flooding, quiet):
             deployed(client, {"max_concurrency": 4})
-        with Submitters(flooding, THREADS, FLOOD_S, FLOOD_MAX, event=FLOODED) as flood, \
-                Submitters(quiet, 1, FLOOD_S, 100, interval_s=0.1) as calm:
+        with Submitters(flooding, "work", FLOODED, threads=THREADS, seconds=FLOOD_S,
+                        limit=FLOOD_MAX) as flood, \
+                Submitters(quiet, "work", WORK, threads=1, seconds=FLOOD_S, limit=100,
+                           interval_s=0.1) as calm:
             while flood.first(429) is None and time.monotonic() - flood.started < FIRST_429_S + 2:
                 time.sleep(0.02)
             time.sleep(1.0)  # the quiet tenant goes on beside the refused flood
@@ -131,7 +93,7 @@ def test_an_ordinary_burst_is_not_refused(defaults: Platform) -> None:
     # a standing start and as fast as eight threads submit them: five seconds of work.
     with defaults.new_tenant() as client:
         deployed(client, {"max_concurrency": 5})
-        with Submitters(client, THREADS, 60.0, 500) as burst:
+        with Submitters(client, "work", WORK, threads=THREADS, seconds=60.0, limit=500) as burst:
             deadline = time.monotonic() + 60
             while not burst.done() and time.monotonic() < deadline:
                 time.sleep(0.05)
