@@ -9,6 +9,8 @@ last record. Each task mode (on, off) is measured with
 
 - `single`: one Event invocation per request (`POST .../invocations`);
 - `batch`: `--batch-size` (100) tasks per request (`POST .../invocations/batch`);
+- `sdk`: the same batches sent by the Python SDK (`fnhost.Client.submit_many`, httpx),
+  as a user's producer would;
 
 and against the Celery peer of that mode (bench/async_bench.py's set-ups, on the
 same RabbitMQ and MongoDB-wire server, tasks sent from as many threads): `rpc`
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -49,10 +52,11 @@ import urllib3
 from async_bench import CELERY_VARIANTS, PEERS, Celery, CpuMeter, Platform, Receiver, SchedulerProfile
 from common import bench_platform, log, machine, percentile
 
+import fnhost
 from tests.harness import ADMIN_KEY
 
 MODES = ("notask", "task")  # task mode off, on
-PATHS = ("single", "batch")
+PATHS = ("single", "batch", "sdk")
 RATIO_TARGET = 1.5  # the batch producer's tasks/s over Celery's
 
 
@@ -64,12 +68,13 @@ class Producer:
     request (one task, or a batch of tasks) goes to whichever thread is free."""
 
     def __init__(self, url: str, key: str, threads: int) -> None:
+        self.url = url
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.key = key
         self.threads = threads
 
-    def run(self, function: str, n: int, batch_size: int) -> Submitted:
+    def run(self, function: str, n: int, batch_size: int, sdk: bool = False) -> Submitted:
         """Submit n tasks (one a request when `batch_size` is 0). A task refused with 429
         (back-pressure) is sent again after its Retry-After, as a well-behaved producer
         does; any other refusal fails the bench."""
@@ -111,20 +116,39 @@ class Producer:
                     errors.append(json.dumps(result)[:200])
             return refused, wait
 
+        def send_sdk(client: fnhost.Client, size: int) -> tuple[int, float]:
+            """The same batch through the SDK: refused tasks come back as Throttled."""
+            sent = time.monotonic()
+            refused, wait = 0, 0.0
+            for outcome in client.submit_many(function, [{}] * size):
+                if isinstance(outcome, fnhost.Task):
+                    out.ids[outcome.id] = sent
+                elif isinstance(outcome, fnhost.Throttled):
+                    refused += 1
+                    wait = max(wait, outcome.retry_after_s or 1.0)
+                else:
+                    errors.append(str(outcome)[:200])
+            return refused, wait
+
         def work() -> None:
-            pool = urllib3.HTTPConnectionPool(self.host, self.port, maxsize=1, retries=False,
-                                              timeout=60.0)
+            if sdk:
+                client = fnhost.Client(self.url, self.key, batch_max_tasks=batch_size)
+                one, close = functools.partial(send_sdk, client), client.close
+            else:
+                pool = urllib3.HTTPConnectionPool(self.host, self.port, maxsize=1, retries=False,
+                                                  timeout=60.0)
+                one, close = functools.partial(send, pool), pool.close
             try:
                 barrier.wait()
                 while (turn := next(turns)) < len(sizes):
                     left = sizes[turn]
                     while left and not errors:
-                        left, wait = send(pool, left)
+                        left, wait = one(left)
                         if left:
                             out.throttled += left  # += of ints: fine under the GIL here
                             time.sleep(wait)
             finally:
-                pool.close()
+                close()
 
         with ThreadPoolExecutor(self.threads) as threads:
             for future in [threads.submit(work) for _ in range(self.threads)]:
@@ -149,8 +173,8 @@ class Submitted:
 
 
 async def fnhost_run(p: Platform, producer: Producer, receiver: Receiver, mode: str, n: int,
-                     batch_size: int, timeout: float, profile: dict[str, Path] | None = None
-                     ) -> dict[str, Any]:
+                     batch_size: int, timeout: float, profile: dict[str, Path] | None = None,
+                     sdk: bool = False) -> dict[str, Any]:
     """One measured run; with `profile` (process name -> file), those processes sampled
     by py-spy meanwhile (collapsed stacks in the files)."""
     function = p.function(mode, "webhook")
@@ -161,7 +185,7 @@ async def fnhost_run(p: Platform, producer: Producer, receiver: Receiver, mode: 
         await asyncio.to_thread(spy.start)
     load = os.getloadavg()[0]
     p.meter.start()
-    sent = await asyncio.to_thread(producer.run, function, n, batch_size)
+    sent = await asyncio.to_thread(producer.run, function, n, batch_size, sdk)
     started, submitted, answered = sent.started, sent.ids, sent.answered
     deadline = time.monotonic() + timeout
     while True:
@@ -229,6 +253,11 @@ def mongo_pid(mongo_url: str) -> int | None:
     return None
 
 
+def batch_of(path: str, args: argparse.Namespace) -> int:
+    """Tasks per request on a path: 0 for one invocation per request."""
+    return args.batch_size if path in ("batch", "sdk") else 0
+
+
 def celery_backend(mongo_url: str) -> str:
     parts = urlsplit(mongo_url)
     return urlunsplit(parts._replace(path="/fnhost_bench_producer"))
@@ -260,7 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"warm-up: {args.warmup} tasks of {p.function(mode, 'webhook')} per path")
                 for path in paths:
                     await fnhost_run(p, producer, receiver, mode, args.warmup,
-                                     args.batch_size if path == "batch" else 0, args.timeout)
+                                     batch_of(path, args), args.timeout, sdk=path == "sdk")
             if not args.no_celery:
                 celery.create_vhost()
             for number in range(args.rounds):
@@ -274,7 +303,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                    for role in args.profile}
                         figures[name] = await fnhost_run(
                             p, producer, receiver, mode, args.tasks,
-                            args.batch_size if path == "batch" else 0, args.timeout, profile)
+                            batch_of(path, args), args.timeout, profile, sdk=path == "sdk")
                     if not args.no_celery:
                         variant = PEERS[mode]
                         log(f"round {number + 1}: Celery {variant}: {args.tasks} tasks")
@@ -307,7 +336,7 @@ def summary(report: dict[str, Any]) -> list[str]:
             ratios = [r[name]["tasks_per_s"] / r[peer]["tasks_per_s"] for r in rounds]
             line += (f"; over {peer}: {statistics.median(ratios):.2f}x "
                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
-            if name.endswith("_batch"):
+            if name.endswith(("_batch", "_sdk")):
                 verdict = "met" if min(ratios) >= RATIO_TARGET else "MISSED"
                 line += f"; target >= {RATIO_TARGET}x: {verdict}"
         again = [r[name].get("throttled_and_sent_again", 0) for r in rounds if name in r]
@@ -337,7 +366,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1, help="every figure this many times")
     parser.add_argument("--modes", default=",".join(MODES), help="notask (task mode off), task")
-    parser.add_argument("--paths", default=",".join(PATHS), help="single, batch")
+    parser.add_argument("--paths", default=",".join(PATHS), help="single, batch, sdk")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--celery-workers", type=int, default=2)
     parser.add_argument("--max-concurrency", type=int, default=None)

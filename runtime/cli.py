@@ -184,9 +184,20 @@ def run_up(settings: Settings) -> None:
         print("fnhost stopped", flush=True)
 
 
+SERVER_COMMANDS = ("up", "gateway", "scheduler", "check-settings")
+
+
 def main(argv: list[str] | None = None) -> None:
+    args_in = sys.argv[1:] if argv is None else argv
+    if not args_in or args_in[0] not in SERVER_COMMANDS:
+        # The user's verbs (deploy, invoke, submit, tasks, functions) speak the HTTP API
+        # through the SDK, which imports nothing of the server.
+        from fnhost.cli import main as user_cli
+
+        user_cli.main(args=args_in, prog_name="fnhost")
+        return
     parser = argparse.ArgumentParser(prog="fnhost", description=__doc__)
-    parser.add_argument("command", choices=["up", "gateway", "scheduler", "check-settings"])
+    parser.add_argument("command", choices=SERVER_COMMANDS)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()

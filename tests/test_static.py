@@ -17,6 +17,6 @@ def test_ruff_clean() -> None:
 
 def test_mypy_strict_clean() -> None:
     run = subprocess.run(
-        [str(BIN / "mypy"), "gateway", "runtime"], cwd=ROOT, capture_output=True, text=True
+        [str(BIN / "mypy"), "gateway", "runtime", "fnhost"], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr

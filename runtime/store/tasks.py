@@ -459,6 +459,7 @@ def describe(doc: Doc, *, with_payload: bool = False) -> dict[str, Any]:
         out["error"] = doc["error"]
     if doc.get("result") is not None:
         out["result"] = _payload_view(bytes(doc["result"]), doc.get("result_type"))
+        out["result_type"] = doc.get("result_type")
     if with_payload and doc.get("payload") is not None:
         out["payload"] = _payload_view(bytes(doc["payload"]), doc.get("content_type"))
     return out
