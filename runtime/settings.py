@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # since an idle container costs memory, not CPU. The memory budget bounds them too.
     max_containers: Annotated[int, Field(ge=0, le=4096)] = 0
     keep_alive_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # FNHOST_TENANT_HOST_SHARE: the most of a scheduler's container memory budget one
+    # tenant holds, even with no other tenant waiting (1: the whole host). While others
+    # wait, a tenant over an equal share gives way whatever this is (runtime/pool/share.py).
+    tenant_host_share: Annotated[float, Field(gt=0, le=1)] = 1.0
     container_cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
     container_pids: Annotated[int, Field(ge=16, le=65536)] = 256
     container_tmpfs_mb: Annotated[int, Field(ge=1, le=65536)] = 64

@@ -28,7 +28,7 @@ from typing import Any
 from runtime import constants as c
 from runtime.agent.protocol import SOCKET_NAME
 from runtime.errors import Throttled, Unavailable
-from runtime.pool import memory, select
+from runtime.pool import memory, select, share
 from runtime.pool.agent import AgentConnection, AgentGone, CellSocket
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
@@ -139,10 +139,13 @@ class Pool:
         self._stems = StemPolicy.from_settings(settings)
         self.memory_budget_mb = memory.budget_mb(settings)
         self.max_containers = memory.max_containers(settings, self.memory_budget_mb)
+        self._host = share.Host(self.memory_budget_mb, self.max_containers)
         # Container starts in the engine now: concurrent starts share its time.
         self._starts_in_flight = 0
         # Acquires waiting for a stem cell that is starting, rather than starting one more.
         self._awaiting_stems = 0
+        # Acquires waiting for room on this host, by tenant (runtime/pool/share.py).
+        self._waiting: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -252,7 +255,9 @@ class Pool:
                 warm.to(State.BUSY)
                 self.counters["warm_starts"] += 1
                 return Lease(warm, StartKind.WARM)
-            if select.bound_count(containers, spec.key) < spec.max_concurrency:
+            at_limit = select.bound_count(containers, spec.key) >= spec.max_concurrency
+            held_back = not at_limit and self._held_back(spec)
+            if not at_limit and not held_back:
                 stem = select.stem(containers, spec.memory_mb)
                 container: Container | None = None
                 kind = StartKind.STEM
@@ -297,6 +302,11 @@ class Pool:
                         f"function {spec.key.function} is at its max_concurrency "
                         f"({spec.max_concurrency})"
                     )
+                if held_back:
+                    raise Throttled(
+                        "this tenant holds its share of the host's containers while other "
+                        "tenants wait (or FNHOST_TENANT_HOST_SHARE)"
+                    )
                 if awaiting_stem:
                     raise Unavailable(
                         f"no stem cell was ready within {wait_s:g} s (containers start slowly)",
@@ -304,12 +314,26 @@ class Pool:
                     )
                 raise Unavailable(self._no_capacity(spec), retry_after_s=2)
             self._awaiting_stems += awaiting_stem
+            wants_room = not at_limit  # a function at its own limit waits for itself
+            self._waiting[spec.key.tenant] += wants_room
             try:
                 async with self._changed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), remaining)
             finally:
                 self._awaiting_stems -= awaiting_stem
+                self._waiting[spec.key.tenant] -= wants_room
+                if self._waiting[spec.key.tenant] <= 0:
+                    del self._waiting[spec.key.tenant]
+
+    def _held_back(self, spec: Spec) -> bool:
+        """Whether the tenant may start no new container now: it holds its share while
+        other tenants wait, or FNHOST_TENANT_HOST_SHARE of the host."""
+        tenant = spec.key.tenant
+        holding = share.held(self._containers.values(), self._host)
+        return share.gives_way(tenant, holding, self._waiting) or share.over_cap(
+            tenant, self._host.part(spec.memory_mb), holding, self._settings.tenant_host_share
+        )
 
     def _starting_stems(self) -> int:
         return sum(
@@ -325,10 +349,12 @@ class Pool:
         stem-cell reserve (`reserve_before`): only warm containers idle since before
         then go, never stem cells, counted as `reserve_evictions`."""
         reserve = reserve_before is not None
+        holding = share.held(self._containers.values(), self._host)
         chosen = select.victims(
             self._containers.values(), key, new=new, memory_mb=memory_mb,
             max_containers=self.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
             stems=not reserve, idle_before=reserve_before,
+            fair=(key.tenant if key else None, holding, self._host),
         )
         if chosen is None:
             return False
@@ -416,6 +442,12 @@ class Pool:
         """Back to READY after an invocation that left the container healthy."""
         container.invocations += 1
         if container.retired or container.lost:
+            self.discard(container)
+        elif container.key is not None and share.gives_way(
+            container.key.tenant, share.held(self._containers.values(), self._host), self._waiting
+        ):
+            # Another tenant waits for room this tenant holds more than its share of.
+            self.counters["fair_share_releases"] += 1
             self.discard(container)
         elif container.state is State.BUSY:
             container.to(State.READY)
@@ -641,7 +673,7 @@ class Pool:
         # idle containers of others), least recently used first. Stem cells are never
         # evicted for other stem cells.
         idle_before = time.monotonic() - RESERVE_MIN_IDLE_S
-        reclaim = select.reclaimable(containers, idle_before)
+        reclaim = self._reclaimable(containers, idle_before)
         sizes = self._stems.to_start(
             self._spare_sizes(),
             free_slots=self.max_containers - select.live_count(containers) + len(reclaim),
@@ -671,6 +703,17 @@ class Pool:
             if sum(self._spare_sizes().values()) < self._stems.target:
                 # Short of the reserve: warm containers may have idled long enough to give way.
                 self._refill.set()
+
+    def _reclaimable(self, containers: list[Container], idle_before: float) -> list[Container]:
+        """The warm containers that may give way to the stem-cell reserve: idle long
+        enough, and of the tenant holding the most of the host."""
+        holding = share.held(containers, self._host)
+        out = []
+        for idle in select.reclaimable(containers, idle_before):
+            if idle.key is not None and share.may_evict(idle, None, holding, 0, self._host):
+                holding[idle.key.tenant] -= self._host.part(idle.memory_mb)
+                out.append(idle)
+        return out
 
     def _spare_sizes(self) -> Counter[int]:
         """Stem cells, idle or starting, by memory size."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
+from runtime.pool import share
 from runtime.pool.container import Container, FunctionKey, State
 
 LIVE = frozenset({State.STARTING, State.STEM, State.SPECIALISING, State.READY, State.BUSY})
@@ -63,6 +65,7 @@ def victims(
     spare: Container | None = None,
     stems: bool = True,
     idle_before: float | None = None,
+    fair: tuple[str | None, Mapping[str, float], share.Host] | None = None,
 ) -> list[tuple[Container, str]] | None:
     """Idle containers to remove so that `new` more containers and `memory_mb` more MB
     fit within `max_containers` and `budget_mb`, each with the reason it goes; None
@@ -72,15 +75,18 @@ def victims(
     first, least recently used first, and only those idle since before `idle_before`
     when it is given; then, if `stems`, idle stem cells, largest first (the refill
     starts them again when there is room). `spare`, the stem cell being claimed, is
-    never chosen.
+    never chosen. With `fair` (the requesting tenant, or None for the stem-cell
+    reserve; each tenant's part of the host; the host), the tenants holding the most
+    give way first, and a container goes only as runtime/pool/share.py `may_evict` allows.
     """
     items = list(containers)
     count = live_count(items) + new
     memory = memory_in_use(items) + memory_mb
+    holding = defaultdict(float, fair[1] if fair is not None else {})
     warm_ones = sorted(
         (c for c in items if c.state is State.READY and c.key != key
          and (idle_before is None or c.idle_since < idle_before)),
-        key=lambda c: c.idle_since,
+        key=lambda c: (-holding[c.key.tenant] if c.key else 0, c.idle_since),
     )
     stem_cells = sorted(
         (c for c in items if stems and c.state is State.STEM and c is not spare),
@@ -90,6 +96,12 @@ def victims(
     for victim in [*warm_ones, *stem_cells]:
         if count <= max_containers and memory <= budget_mb:
             break
+        if fair is not None and victim.key is not None:
+            requester, _, host = fair
+            need = host.part(memory_mb, new) if new else memory_mb / max(1, host.budget_mb)
+            if not share.may_evict(victim, requester, holding, need, host):
+                continue
+            holding[victim.key.tenant] -= host.part(victim.memory_mb)
         chosen.append((victim, FOR_COUNT if count > max_containers else FOR_MEMORY))
         count -= 1
         memory -= victim.memory_mb
