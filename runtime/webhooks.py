@@ -38,7 +38,7 @@ class WebhookError(Exception):
 
 class WebhookRefused(WebhookError):
     """The webhook was not tried: its address is not allowed (FNHOST_WEBHOOK_ALLOWED_NETWORKS),
-    or its URL carries credentials. The message says no more than that."""
+    or its URL carries credentials or is malformed. The message says no more than that."""
 
 
 class AddressNotAllowed(OSError):
