@@ -17,6 +17,9 @@
     .venv/bin/python bench/async_bench.py --url http://127.0.0.1:8080 \
         --admin-key "$(cat .data/admin-key)"
 
+With webhook destinations, the platform must allow its receiver's address:
+FNHOST_WEBHOOK_ALLOWED_NETWORKS=127.0.0.1/32 (else their functions are refused, 400).
+
 Everything the bench makes is removed at the end: its functions, the
 destination queues, the Celery worker, vhost and result database. The tenant
 stays, with its (empty) queue: there is no API to delete a tenant.

@@ -21,8 +21,9 @@ MongoDB result backend with task_track_started: task mode on).
 
 By default the bench starts a platform of its own (as the tests do: its own
 MongoDB-wire server, RabbitMQ vhost and processes) and stops it at the end;
-`--url` and `--admin-key` point it at a running one instead. Needs rabbitmqctl
-(the Celery vhost).
+`--url` and `--admin-key` point it at a running one instead, which must allow its
+webhook receiver's address (FNHOST_WEBHOOK_ALLOWED_NETWORKS=127.0.0.1/32). Needs
+rabbitmqctl (the Celery vhost).
 """
 
 from __future__ import annotations

@@ -192,7 +192,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for c in clients:
         if c not in CLIENTS:
             raise SystemExit(f"unknown client {c!r}: use {', '.join(CLIENTS)}")
-    settings = load_settings(webhook_timeout_s=10.0, webhook_max_connections=args.max_connections)
+    # The receiver listens on 127.0.0.1, which webhooks may reach only when allowed.
+    settings = load_settings(webhook_timeout_s=10.0, webhook_max_connections=args.max_connections,
+                             webhook_allowed_networks="127.0.0.1/32")
     receiver = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
         [sys.executable, str(Path(__file__).with_name("webhook_receiver.py"))],
         stdout=subprocess.PIPE, text=True,

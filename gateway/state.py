@@ -30,6 +30,7 @@ from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore, hash_key
 from runtime.store.timers import TimerStore
 from runtime.tasks.submit import Submitter
+from runtime.webhook_policy import WebhookPolicy
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Services:
         self.timers = TimerStore(self.mongo)
         self.cache = FunctionCache(self.functions)
         self.keys = KeyCache()
+        self.webhook_policy = WebhookPolicy(settings.webhook_networks)
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         CLUSTER.membership = self.membership  # the schedulers' metrics, from their heartbeats
         # Flow control on the invoke path (gateway/throttle.py).

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aio_pika
 import orjson
@@ -29,7 +28,8 @@ from runtime.errors import FnhostError, Throttled, Unavailable
 from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
 from runtime.settings import Settings
 from runtime.tasks import status as st
-from runtime.webhooks import AiohttpWebhooks, WebhookClient, WebhookError
+from runtime.webhook_policy import shown_host
+from runtime.webhooks import AiohttpWebhooks, WebhookClient, WebhookError, WebhookRefused
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ Submit = Callable[[str, str, bytes, str], Awaitable[str]]
 """Async invoke of a function: (tenant, function, body, content type) -> task id."""
 
 Target = WebhookDestination | QueueDestination | FunctionDestination
+DeliveryStatus = Literal["delivered", "failed", "refused", "pending"]
 
 
 # -- the record (contract) ---------------------------------------------------
@@ -122,8 +123,9 @@ class Delivery:
 
     type: str
     target: str
-    # pending: handed to the outbox (runtime/outbox.py), which updates it when done
-    status: Literal["delivered", "failed", "pending"]
+    # pending: handed to the outbox (runtime/outbox.py), which updates it when done;
+    # refused: not tried, its address is not allowed (runtime/webhook_policy.py)
+    status: DeliveryStatus
     attempts: int
     error: str | None
     duration_ms: float
@@ -137,19 +139,26 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Tried:
     """The outcome of one attempt: `error` None when delivered; `retry` whether another
-    attempt may do better."""
+    attempt may do better; `refused` when it was not made (the address is not allowed)."""
 
     error: str | None
     retry: bool = False
+    refused: bool = False
+
+    @property
+    def status(self) -> DeliveryStatus:
+        """The delivery's status once this attempt is its last."""
+        return "delivered" if self.error is None else "refused" if self.refused else "failed"
 
 
 class _Failure(Exception):
     """One attempt failed; `retry` says whether another attempt may do better."""
 
-    def __init__(self, message: str, *, retry: bool) -> None:
+    def __init__(self, message: str, *, retry: bool, refused: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
+        self.refused = refused
 
 
 class Destinations:
@@ -218,17 +227,18 @@ class Destinations:
         target, attempt = self._plan(
             tenant_id, destination, orjson.dumps(record), str(context["taskId"]), str(context["condition"])
         )
-        attempts, error = await self._attempt(attempt)
+        attempts, last = await self._attempt(attempt)
+        error = last.error
         delivery = Delivery(
             type=destination.type,
             target=target,
-            status="failed" if error is not None else "delivered",
+            status=last.status,
             attempts=attempts,
             error=error,
             duration_ms=(time.monotonic() - started) * 1000,
         )
         if error is not None:
-            shown = urlsplit(target).netloc if destination.type == "webhook" else target
+            shown = shown_host(target) if destination.type == "webhook" else target
             log.warning(
                 "destination %s %s of tenant %s failed after %d attempt(s): %s",
                 destination.type, shown, tenant_id, attempts, error,
@@ -262,25 +272,24 @@ class Destinations:
             return target, lambda: self._publish(target, body, task_id, condition)
         return target, lambda: self._invoke(tenant_id, target, body)
 
-    async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> tuple[int, str | None]:
+    async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> tuple[int, Tried]:
         """Run `attempt` until it succeeds, fails for good or the attempts run out
-        (each attempt bounds itself); returns the attempts made and the last error."""
-        error: str | None = None
+        (each attempt bounds itself); returns the attempts made and the last outcome."""
+        tried = Tried("no attempt")
         for n in range(1, self.max_attempts + 1):
             if n > 1:
                 await asyncio.sleep(self.backoff_s(n))
             tried = await self._once(attempt)
             if tried.error is None or not tried.retry:
-                return n, tried.error
-            error = tried.error
-        return self.max_attempts, error
+                return n, tried
+        return self.max_attempts, tried
 
     async def _once(self, attempt: Callable[[], Awaitable[None]]) -> Tried:
         try:
             await attempt()
             return Tried(None)
         except _Failure as exc:
-            return Tried(exc.message, retry=exc.retry)
+            return Tried(exc.message, retry=exc.retry, refused=exc.refused)
         except Exception as exc:  # a bug must fail the delivery, not the task
             log.exception("destination delivery raised")
             return Tried(f"{type(exc).__name__}: {exc}")
@@ -303,6 +312,9 @@ class Destinations:
                 code, reason = await self._webhooks.post(url, body, headers)
         except TimeoutError:
             raise _Failure(f"no answer within {timeout:g} s", retry=True) from None
+        except WebhookRefused as exc:
+            # Never tried, and the same again later: no retry, no outbox.
+            raise _Failure(str(exc), retry=False, refused=True) from None
         except WebhookError as exc:
             raise _Failure(str(exc), retry=True) from None
         if 200 <= code < 300:

@@ -32,20 +32,20 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import orjson
 from bson import Binary
 from pydantic import TypeAdapter
 
 from runtime.circuit import DestinationCircuits
-from runtime.destinations import Delivery, Destinations, Target
+from runtime.destinations import Delivery, DeliveryStatus, Destinations, Target, Tried
 from runtime.models import Destination
 from runtime.settings import Settings
 from runtime.store.mongo import Doc
 from runtime.store.tasks import TaskStore
 from runtime.store.timers import TimerStore
 from runtime.tasks import status as st
+from runtime.webhook_policy import shown_host
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Outbox:
                 else:
                     log.warning("destination %s of tenant %s failed for good: %s",
                                 _shown(destination.type, target), tenant, tried.error)
-                return _view(destination.type, target, tried.error, 1, _ms_since(started), done=True)
+                return _view(destination.type, target, tried, 1, _ms_since(started), done=True)
             self._circuits.failed(circuit, time.monotonic(), tried.error)
             error = tried.error
         handoff = secrets.token_hex(8)
@@ -135,7 +135,7 @@ class Outbox:
         self.counters["handed_off"] += 1
         log.info("outbox: the record of task %s (tenant %s) for %s is pending after %d attempt(s): %s",
                  task_id, tenant, _shown(destination.type, target), attempts, error)
-        view = _view(destination.type, target, error, attempts, _ms_since(started), done=False)
+        view = _view(destination.type, target, Tried(error), attempts, _ms_since(started), done=False)
         return {**view, "outbox": handoff}
 
     # -- later, by timer -----------------------------------------------------------
@@ -189,7 +189,7 @@ class Outbox:
         elif tried.retry:
             self._circuits.failed(circuit, time.monotonic(), tried.error)
         took_ms = (datetime.now(UTC) - box["started_at"]).total_seconds() * 1000
-        view = _view(destination.type, target, tried.error, attempts, took_ms, done=done)
+        view = _view(destination.type, target, tried, attempts, took_ms, done=done)
         view["outbox"] = box["handoff"]
         if not done:
             due = datetime.now(UTC) + timedelta(seconds=self._destinations.backoff_s(attempts + 1))
@@ -256,18 +256,16 @@ def _circuit(tenant: str, kind: str, target: str) -> str:
 
 def _shown(kind: str, target: str) -> str:
     """A destination for the log: a webhook by its host only (its URL may hold a secret)."""
-    return f"{kind} {urlsplit(target).netloc if kind == 'webhook' else target}"
+    return f"{kind} {shown_host(target) if kind == 'webhook' else target}"
 
 
 def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _view(kind: str, target: str, error: str | None, attempts: int, took_ms: float, *, done: bool
+def _view(kind: str, target: str, last: Tried, attempts: int, took_ms: float, *, done: bool
           ) -> dict[str, Any]:
     """The task record's `destination` (Delivery's shape; `outbox` is added once handed off)."""
-    status: Literal["delivered", "failed", "pending"] = (
-        "pending" if not done else "delivered" if error is None else "failed"
-    )
-    return Delivery(type=kind, target=target, status=status, attempts=attempts, error=error,
+    status: DeliveryStatus = last.status if done else "pending"
+    return Delivery(type=kind, target=target, status=status, attempts=attempts, error=last.error,
                     duration_ms=took_ms).to_dict()

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.webhook_policy import Network, parse_networks
+
 MB = 1 << 20
 
 
@@ -108,6 +110,10 @@ class Settings(BaseSettings):
     webhook_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5
     # FNHOST_WEBHOOK_MAX_CONNECTIONS: size of the one connection pool all webhooks share.
     webhook_max_connections: Annotated[int, Field(ge=1, le=10000)] = 100
+    # FNHOST_WEBHOOK_ALLOWED_NETWORKS: comma-separated CIDRs webhooks may reach although
+    # they are loopback, private, link-local or reserved (runtime/webhook_policy.py);
+    # empty: public addresses only.
+    webhook_allowed_networks: str = ""
     # FNHOST_DESTINATION_PUBLISH_TIMEOUT_S: limit of one publish to a queue destination
     # (until the broker confirms it) and of one submit to a function destination.
     destination_publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
@@ -207,6 +213,11 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least FNHOST_STEM_CELLS_MIN ({minimum})")
         return value
 
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        return ",".join(str(net) for net in parse_networks(value))
+
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp(cls, value: str) -> str:
@@ -222,6 +233,11 @@ class Settings(BaseSettings):
         if not value.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("expected a mongodb:// URL")
         return value
+
+    @property
+    def webhook_networks(self) -> tuple[Network, ...]:
+        """FNHOST_WEBHOOK_ALLOWED_NETWORKS, parsed."""
+        return parse_networks(self.webhook_allowed_networks)
 
     @property
     def cluster_token(self) -> str:

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
 AMQP_URL = os.environ.get("FNHOST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/fnhost-test")
 ADMIN_KEY = "test-admin-key-" + secrets.token_hex(8)
+# Where the tests' webhook receivers listen (tests/harness.Webhook, tests/hanging.py).
+WEBHOOK_ALLOWED_NETWORKS = "127.0.0.1/32"
 
 
 def free_port() -> int:
@@ -105,6 +107,9 @@ class Platform:
             "FNHOST_STEM_CELLS_MIN": "1",
             "FNHOST_STEM_CELLS_MAX": "4",
             "FNHOST_HEARTBEAT_S": "0.5",
+            # The tests' webhook receivers listen on 127.0.0.1; only there: other loopback
+            # addresses (127.0.0.2, [::1]) stay refused for the tests that show so.
+            "FNHOST_WEBHOOK_ALLOWED_NETWORKS": WEBHOOK_ALLOWED_NETWORKS,
         }
         self.env.update({f"FNHOST_{k.upper()}": str(v) for k, v in settings.items()})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -548,11 +553,13 @@ def list_all_tasks(client: httpx.Client, limit: int = 50, **filters: str) -> lis
 class Webhook:
     """A real HTTP server on 127.0.0.1 (a thread) that records every POST it gets.
 
-    `status` is what it answers (200 by default; 500 makes every delivery fail).
-    Use it as a context manager; `url` is where to point a `webhook` destination.
+    `status` is what it answers (200 by default; 500 makes every delivery fail);
+    `host` is where it listens (a loopback address: 127.0.0.2 and ::1 are outside
+    WEBHOOK_ALLOWED_NETWORKS). Use it as a context manager; `url` is where to point
+    a `webhook` destination.
     """
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, host: str = "127.0.0.1") -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -591,12 +598,14 @@ class Webhook:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a sender that went away (a killed scheduler) is no test failure
 
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._server = Server((host, 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/hook"
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True)
 
     def __enter__(self) -> Webhook:

@@ -16,9 +16,10 @@ from gateway.state import Services
 from runtime import constants as c
 from runtime.bundles import Bundle, BundleLimits, inspect_bundle
 from runtime.errors import BadRequest, FnhostError, InvalidConfig
-from runtime.models import CONFIG_KEYS, check_name, merge_config
+from runtime.models import CONFIG_KEYS, FunctionConfig, WebhookDestination, check_name, merge_config
 from runtime.store.functions import FunctionRecord
 from runtime.store.tenants import Tenant
+from runtime.webhook_policy import WebhookPolicy
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 MULTIPART_SLACK = 1 << 20
@@ -76,6 +77,18 @@ async def _inspect(data: bytes, services: Services, override: dict[str, Any] | N
     return await asyncio.to_thread(inspect_bundle, data, limits, override)
 
 
+def check_webhooks(config: FunctionConfig, policy: WebhookPolicy) -> None:
+    """A function's webhook destinations must carry no credentials and must not spell an
+    address the policy refuses (a name is judged when it is connected to)."""
+    for key in ("on_success", "on_failure"):
+        destination = getattr(config.async_, key)
+        if isinstance(destination, WebhookDestination):
+            problem = policy.url_problem(destination.url)
+            if problem is not None:
+                field = f"async.{key}.url"
+                raise InvalidConfig(f"invalid config value for {field}: {problem.message}", field=field)
+
+
 async def announce(services: Services, record: FunctionRecord | None, tenant: str, name: str) -> None:
     """Drop cached copies here at once, and everywhere else through the control bus."""
     services.cache.invalidate(tenant, name)
@@ -101,6 +114,7 @@ async def put_function(request: Request) -> JSONResponse:
         config = merge_config(merge_config(existing.config, named), override or {})
         if config != bundle.config:
             bundle = await _inspect(data, services, config.dump())
+    check_webhooks(bundle.config, services.webhook_policy)
     await services.functions.save_bundle(tenant.id, bundle.sha256, data)
     record, created = await services.functions.put(
         tenant.id, name, bundle.config, version=bundle.version, sha256=bundle.sha256,
@@ -130,6 +144,7 @@ async def patch_function(request: Request) -> JSONResponse:
     record = await services.functions.require(tenant.id, request.path_params["name"])
     patch = _json_object(await read_limited(request, 64 * 1024, "config"), "config")
     config = merge_config(record.config, patch)
+    check_webhooks(config, services.webhook_policy)
     if config.handler != record.config.handler:
         # The new handler must exist in the current bundle, as at upload.
         data = await services.functions.load_bundle(tenant.id, record.sha256)

@@ -26,6 +26,7 @@ from runtime.destinations import Destinations, build_record
 from runtime.errors import NotFound, Unavailable
 from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
 from runtime.settings import Settings, load_settings
+from tests.harness import WEBHOOK_ALLOWED_NETWORKS
 
 AMQP_URL = os.environ.get("FNHOST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/fnhost-test")
 TIMEOUT_S = 0.5
@@ -128,6 +129,7 @@ def settings() -> Settings:
         webhook_timeout_s=TIMEOUT_S,
         webhook_retry_attempts=ATTEMPTS,
         webhook_backoff_s=BACKOFF_S,
+        webhook_allowed_networks=WEBHOOK_ALLOWED_NETWORKS,
         destination_publish_timeout_s=5.0,
     )
 

@@ -16,7 +16,7 @@ from runtime.destinations import Destinations, build_record
 from runtime.models import WebhookDestination
 from runtime.settings import Settings, load_settings
 from runtime.webhooks import WEBHOOK_DRAIN_BYTES
-from tests.harness import NoBroker
+from tests.harness import WEBHOOK_ALLOWED_NETWORKS, NoBroker
 
 TIMEOUT_S = 0.5
 ATTEMPTS = 3
@@ -99,7 +99,7 @@ async def keep_answering(conn: Conn) -> None:
 def make_settings(**overrides: Any) -> Settings:
     return load_settings(
         webhook_timeout_s=TIMEOUT_S, webhook_retry_attempts=ATTEMPTS, webhook_backoff_s=BACKOFF_S,
-        **overrides,
+        webhook_allowed_networks=WEBHOOK_ALLOWED_NETWORKS, **overrides,
     )
 
 

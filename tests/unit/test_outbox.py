@@ -19,6 +19,8 @@ from runtime.models import WebhookDestination
 from runtime.outbox import RECORD_WAIT_S, Outbox
 from runtime.settings import Settings, load_settings
 from runtime.store.timers import OUTBOX
+from runtime.webhook_policy import REFUSED
+from runtime.webhooks import WebhookRefused
 from tests.harness import NoBroker
 
 INLINE_S = 0.2
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.timeout(20)
 
 class Webhooks:
     """The webhook client: answers each POST with the next of `script` (then `default`);
-    "hang" never answers."""
+    "hang" never answers; "refused" refuses the address, as the policy does."""
 
     def __init__(self) -> None:
         self.script: list[int | str] = []
@@ -50,6 +52,8 @@ class Webhooks:
         answer = self.script.pop(0) if self.script else self.default
         if answer == "hang":
             await asyncio.sleep(3600)
+        if answer == "refused":
+            raise WebhookRefused(REFUSED)
         return int(answer), "Whatever"
 
 
@@ -183,6 +187,30 @@ async def test_a_client_error_fails_at_once_without_the_outbox(
     assert (shown["status"], shown["attempts"]) == ("failed", 1) and "404" in shown["error"]
     assert timers.docs == {}
     assert (await deliver(outbox, tasks, "task-2"))["attempts"] == 1  # no circuit opened by it
+
+
+async def test_a_refused_address_is_recorded_refused_without_the_outbox(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    webhooks.default = "refused"
+    shown = await deliver(outbox, tasks)
+    assert {k: shown[k] for k in ("status", "attempts", "error")} == {
+        "status": "refused", "attempts": 1, "error": "address not allowed"}, shown
+    assert timers.docs == {}
+    assert (await deliver(outbox, tasks, "task-2"))["attempts"] == 1  # no circuit opened by it
+
+
+async def test_an_address_refused_at_an_outbox_attempt_ends_the_delivery(
+    outbox: Outbox, webhooks: Webhooks, timers: Timers, tasks: Tasks
+) -> None:
+    """A name that resolves to a refused address by the next attempt: refused, not retried."""
+    webhooks.script = [503, "refused"]
+    assert (await deliver(outbox, tasks))["status"] == "pending"
+    await fire(outbox, timers, only_timer(timers))
+    destination = tasks.records[KEY]["destination"]
+    assert {k: destination[k] for k in ("status", "attempts", "error")} == {
+        "status": "refused", "attempts": 2, "error": "address not allowed"}, destination
+    assert timers.docs == {} and len(webhooks.posts) == 2
 
 
 async def test_a_hanging_webhook_is_handed_off_after_the_inline_deadline(
