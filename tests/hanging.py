@@ -17,10 +17,14 @@ from typing import Any
 class HangingWebhook:
     """Every POST is read and kept (`posts`), and waits for `answer()`: from then on every
     POST, the waiting ones included, is answered 200. `url` is where to point a
-    `webhook` destination."""
+    `webhook` destination (any path and query of it reaches this receiver). `held` is
+    how many POSTs wait for their answer now (their senders still wait too),
+    `most_held` the most at once so far."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.held = 0
+        self.most_held = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._open = asyncio.Event()
@@ -79,8 +83,14 @@ class HangingWebhook:
                         "answered": False, "request": line.decode("latin-1").strip()}
                 with self._lock:
                     self.posts.append(post)
-                if not await self._until_open(reader):
-                    return  # the sender gave up waiting and closed the connection
+                    self.held += 1
+                    self.most_held = max(self.most_held, self.held)
+                try:
+                    if not await self._until_open(reader):
+                        return  # the sender gave up waiting and closed the connection
+                finally:
+                    with self._lock:
+                        self.held -= 1
                 with self._lock:
                     post["answered"] = True
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
