@@ -30,6 +30,7 @@ class HangingWebhook:
         self._open = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hanging-webhook", daemon=True)
         self.url = ""
 
@@ -67,10 +68,15 @@ class HangingWebhook:
         # Waiting handlers are not ended by close(): their connections closed, they end.
         for writer in list(self._writers):
             writer.close()
+        if self._handlers:  # ended before the loop stops (a pending one is reported as destroyed)
+            await asyncio.wait(set(self._handlers), timeout=5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         self._writers.add(writer)
         try:
             while line := await reader.readline():
@@ -99,6 +105,8 @@ class HangingWebhook:
             pass  # the sender gave up waiting and closed the connection
         finally:
             self._writers.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
             writer.close()
 
     async def _until_open(self, reader: asyncio.StreamReader) -> bool:

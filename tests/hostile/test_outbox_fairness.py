@@ -41,6 +41,9 @@ INLINE_PROBES = 4  # runtime/circuit.PROBES: inline attempts to a destination no
 # How late an attempt may come after its schedule: timer polling (0.2 s), the claim,
 # the task record's read, a loaded machine.
 LATE_S = 1.5
+# After a restart, every record is delivered within one attempt's length (5 s there)
+# and a margin, well before the claims' lease (30 s) could run out.
+RESTART_DELIVERY_S = 15.0
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,19 +73,20 @@ def deploy_noop(client: httpx.Client, name: str, url: str) -> None:
     assert invoke(client, name).status_code == 200  # warm: its container is up
 
 
-def a_record_to(client: httpx.Client, url: str) -> str:
-    """Point A's function at `url`, then run a task whose record goes there: its id."""
-    r = client.patch("/v1/functions/a", json={"async": {"on_success": {"type": "webhook", "url": url}}})
+def a_record_to(client: httpx.Client, url: str, name: str = "a") -> str:
+    """Point function `name` at `url`, then run a task whose record goes there: its id."""
+    r = client.patch(f"/v1/functions/{name}",
+                     json={"async": {"on_success": {"type": "webhook", "url": url}}})
     assert r.status_code == 200, r.text
     for _ in range(20):  # until the scheduler runs it with the new config
-        r = submit_event(client, "a", {})
+        r = submit_event(client, name, {})
         assert r.status_code == 202, r.text
-        task = wait_task(client, r.headers["x-task-id"], timeout=30, function="a")
+        task = wait_task(client, r.headers["x-task-id"], timeout=30, function=name)
         assert task["status"] == "Succeeded", task
         if task["destination"]["target"] == url:
             return str(task["task_id"])
         time.sleep(0.1)
-    raise AssertionError(f"no task of A ran with its webhook at {url}")
+    raise AssertionError(f"no task of {name} ran with its webhook at {url}")
 
 
 def test_a_tenant_s_hanging_webhooks_do_not_delay_another_tenant_s_retries(
@@ -119,3 +123,47 @@ def test_a_tenant_s_hanging_webhooks_do_not_delay_another_tenant_s_retries(
         for task_id in a_ids[:5] + a_ids[-5:]:
             r = a.get(f"/v1/tasks/{task_id}", params={"function": "a"})
             assert r.json()["destination"]["status"] == "pending", r.json()["destination"]
+
+
+@pytest.fixture(scope="module")
+def restart_platform(mongo: MongoServer) -> Iterator[Platform]:
+    """Shorter attempts (5 s), and attempts enough that none is given up in the test."""
+    with own_platform(
+        mongo.url, destination_inline_s=0.5, webhook_timeout_s=5, webhook_retry_attempts=10,
+        webhook_backoff_s=BACKOFF_S, webhook_allowed_networks="127.0.0.0/8",
+    ) as platform:
+        yield platform
+
+
+def test_records_waiting_for_their_tenant_s_slots_are_delivered_across_a_restart(
+    restart_platform: Platform,
+) -> None:
+    client = restart_platform.new_tenant()
+    with client, HangingWebhook() as hanging:
+        urls = [f"{hanging.url}/{n}?c={n}" for n in range(3 * TENANT_SLOTS)]
+        deploy_noop(client, "c", urls[0])
+        ids = [a_record_to(client, url, "c") for url in urls]
+        # Its slots held, as many records waiting for one, the rest put back for later.
+        eventually(lambda: hanging.held >= TENANT_SLOTS, 30, f"{TENANT_SLOTS} attempts held")
+
+        restart_platform.stop_role("scheduler")
+        hanging.answer()
+        restart_platform.start_role("scheduler")
+        restart_platform.wait_ready(60)
+        restarted = time.monotonic()
+
+        for task_id in ids:
+            task = wait_task(client, task_id, timeout=60, function="c",
+                             until=lambda t: t["destination"]["status"] != "pending")
+            destination = task["destination"]
+            assert destination["status"] == "delivered", destination
+            # Each attempt is a POST; a wait for a slot is none.
+            posts = hanging.task_ids().count(task_id)
+            assert 1 <= destination["attempts"] <= posts, (destination, posts)
+        took = time.monotonic() - restarted
+        print(f"\nC's attempts held at once: at most {hanging.most_held}; "
+              f"all {len(ids)} records delivered {took:.1f} s after the restart")
+        # Those waiting for a slot were put back due at once, those with no room to wait
+        # due within an attempt's length: none waited out its lease (30 s).
+        assert took < RESTART_DELIVERY_S, took
+        assert hanging.most_held <= TENANT_SLOTS + INLINE_PROBES, hanging.most_held
