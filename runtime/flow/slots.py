@@ -26,7 +26,8 @@ T = TypeVar("T", bound=Hashable)
 
 class FairSlots(Generic[T]):
     """`offer` an item with its tenant and destination, start what `grant` returns, and
-    call `done` once it is over (or given up while waiting)."""
+    call `done` once it is over (or given up while waiting); `grant` after each `offer`
+    and `done`, so that what waits is only what its caps hold back."""
 
     def __init__(self, total: int, per_tenant: int, per_destination: int, max_waiting: int) -> None:
         if min(total, per_tenant, per_destination, max_waiting) < 1:
