@@ -40,7 +40,8 @@ class _State:
 
 
 class DestinationCircuits:
-    """Keyed by destination (tenant, type and target); see the module docstring."""
+    """Keyed by destination (its tenant and `runtime.outbox.destination_key`: a webhook by
+    its host, whatever the path and query); see the module docstring."""
 
     def __init__(
         self, open_s: float, slow_s: float, probes: int = PROBES, limit: int = CIRCUITS_MAX

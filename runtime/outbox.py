@@ -19,19 +19,30 @@ only after its outcome is recorded, so a scheduler dying in between repeats an
 attempt, never loses one. Each hand-off has an id (`outbox` in the task's
 `destination`): only the hand-off the task record shows updates it; an older one
 (a run repeated after a crash, a redriven task) still delivers its record.
+
+Shared fairly (runtime/flow/slots.py): at most FNHOST_OUTBOX_CONCURRENCY attempts at
+once, of them FNHOST_OUTBOX_TENANT_SLOTS for one tenant and FNHOST_OUTBOX_PER_DESTINATION
+to one destination of a tenant, a webhook's host counting as one whatever its paths
+and queries. A due record past a cap waits for a slot, its timer still leased (and
+the lease renewed), without using a slot or an attempt; when slots are scarce the
+tenants with waiting records take turns. A record with no room to wait either (its
+tenant's backlog is full) has its timer put back for about one attempt's length.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import secrets
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from bson import Binary
@@ -39,6 +50,7 @@ from pydantic import TypeAdapter
 
 from runtime.circuit import DestinationCircuits
 from runtime.destinations import Delivery, DeliveryStatus, Destinations, Target, Tried
+from runtime.flow.slots import FairSlots
 from runtime.models import Destination
 from runtime.settings import Settings
 from runtime.store.mongo import Doc
@@ -59,8 +71,22 @@ RECORD_WAIT_S = 0.5
 RECORD_WAIT_MAX_S = 30.0
 # How long `close` waits for the attempts in hand to be put back.
 CLOSE_S = 5.0
+# FNHOST_OUTBOX_TENANT_SLOTS 0: one tenant's slots are this share of all (at least 1).
+TENANT_SHARE = 4
+# A record waiting for a slot renews its timer's lease this many times per lease.
+RENEWALS_PER_LEASE = 3
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Recorded = Literal["ours", "wait", "none"]
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """A due record's place in the slots: `granted` says whether it starts (True) or
+    has no room to wait (False)."""
+
+    timer_id: str
+    granted: asyncio.Future[bool] = field(repr=False)
 
 
 class Outbox:
@@ -77,9 +103,15 @@ class Outbox:
             settings.destination_circuit_s, slow_s=settings.destination_slow_s
         )
         self._running: dict[str, tuple[Doc, asyncio.Task[None]]] = {}  # timer id -> its attempt
-        self._attempting: Counter[str] = Counter()  # destination -> attempts in flight
+        self._slots: FairSlots[_Ticket] = FairSlots(
+            total=settings.outbox_concurrency,
+            per_tenant=settings.outbox_tenant_slots or max(1, settings.outbox_concurrency // TENANT_SHARE),
+            per_destination=settings.outbox_per_destination,
+            max_waiting=settings.outbox_concurrency,
+        )
         self._closing = False
-        self.counters: Counter[str] = Counter()  # handed_off, delivered, gave_up
+        # handed_off, delivered, gave_up; held_back: put back for want of a slot
+        self.counters: Counter[str] = Counter()
 
     @property
     def lease_s(self) -> float:
@@ -99,7 +131,7 @@ class Outbox:
         context = record["requestContext"]
         task_id, condition = str(context["taskId"]), str(context["condition"])
         target = self._destinations.target(tenant, destination)
-        circuit = _circuit(tenant, destination.type, target)
+        circuit = f"{tenant} {destination_key(destination.type, target)}"
         error = self._circuits.skip_reason(circuit, started)
         attempts = 0
         if error is None:
@@ -141,8 +173,8 @@ class Outbox:
     # -- later, by timer -----------------------------------------------------------
 
     def take(self, doc: Doc) -> None:
-        """A due outbox timer the timer loop claimed: its attempt runs on its own (the loop
-        goes on with the other timers) and settles the timer itself."""
+        """A due outbox timer the timer loop claimed: it waits for a slot and its attempt
+        runs on its own (the loop goes on with the other timers) and settles the timer."""
         timer_id = str(doc["_id"])
         if self._closing or timer_id in self._running:
             return  # stays leased: claimed again once its lease runs out
@@ -151,37 +183,57 @@ class Outbox:
         task.add_done_callback(lambda _: self._running.pop(timer_id, None))
 
     async def _settle(self, doc: Doc) -> None:
+        ticket = _Ticket(str(doc["_id"]), asyncio.get_running_loop().create_future())
         try:
-            await self._attempt(doc)
+            tenant = str(doc["tenant"])
+            destination = DESTINATION.validate_python(doc["delivery"]["destination"])
+            target = self._destinations.target(tenant, destination)
+            if await self._slot(doc, ticket, tenant, destination_key(destination.type, target)):
+                await self._attempt(doc, destination, target)
         except Exception:
             log.exception("outbox attempt failed; it is made again once its timer's lease runs out")
+        finally:
+            self._slots.done(ticket)
+            self._grant()
 
-    async def _attempt(self, doc: Doc) -> None:
-        box = doc["delivery"]
-        tenant = str(doc["tenant"])
-        destination = DESTINATION.validate_python(box["destination"])
-        target = self._destinations.target(tenant, destination)
-        circuit = _circuit(tenant, destination.type, target)
-        s = self._settings
-        if (self._attempting.total() >= s.outbox_concurrency
-                or self._attempting[circuit] >= s.outbox_per_destination):
-            # Not an attempt: it waits for one of those in flight, about as long as one takes.
+    async def _slot(self, doc: Doc, ticket: _Ticket, tenant: str, destination: str) -> bool:
+        """Wait for a slot for `doc`'s attempt, keeping its timer leased; False when it got
+        none: its timer is put back for later (not an attempt), or its lease was lost."""
+        pushed = self._slots.offer(ticket, tenant, destination)
+        if pushed is not None and not pushed.granted.done():
+            pushed.granted.set_result(False)  # this one, or one that made room for it
+        self._grant()
+        waited = False
+        while not ticket.granted.done():
+            waited = True
+            done, _ = await asyncio.wait({ticket.granted}, timeout=self.lease_s / RENEWALS_PER_LEASE)
+            if not done and not await self._timers.renew(doc, self.lease_s):
+                return False  # claimed again elsewhere: that claim makes the attempt
+        if not ticket.granted.result():
+            # Not an attempt: it waits for those ahead of it, about as long as one takes.
             wait = self._destinations.attempt_timeout_s * random.uniform(0.5, 1.0)
             await self._timers.put_back(doc, datetime.now(UTC) + timedelta(seconds=wait))
+            self.counters["held_back"] += 1
+            return False
+        # Its lease must outlast the attempt, however long it waited for it.
+        return not waited or await self._timers.renew(doc, self.lease_s)
+
+    def _grant(self) -> None:
+        for ticket in self._slots.grant():
+            if not ticket.granted.done():
+                ticket.granted.set_result(True)
+
+    async def _attempt(self, doc: Doc, destination: Target, target: str) -> None:
+        box = doc["delivery"]
+        tenant = str(doc["tenant"])
+        circuit = f"{tenant} {destination_key(destination.type, target)}"
+        recorded = await self._recorded(box)
+        if recorded == "wait":
+            await self._timers.put_back(doc, datetime.now(UTC) + timedelta(seconds=RECORD_WAIT_S))
             return
-        self._attempting[circuit] += 1
-        try:
-            recorded = await self._recorded(box)
-            if recorded == "wait":
-                await self._timers.put_back(doc, datetime.now(UTC) + timedelta(seconds=RECORD_WAIT_S))
-                return
-            tried = await self._destinations.try_once(
-                tenant, destination, bytes(box["body"]), str(box["task_id"]), str(box["condition"])
-            )
-        finally:
-            self._attempting[circuit] -= 1
-            if not self._attempting[circuit]:
-                del self._attempting[circuit]
+        tried = await self._destinations.try_once(
+            tenant, destination, bytes(box["body"]), str(box["task_id"]), str(box["condition"])
+        )
         attempts = int(box["attempts"]) + 1
         done = tried.error is None or not tried.retry or attempts >= self._destinations.max_attempts
         if tried.error is None:
@@ -250,8 +302,23 @@ class Outbox:
             log.warning("outbox: attempts in hand not all put back; their leases run out instead")
 
 
-def _circuit(tenant: str, kind: str, target: str) -> str:
-    return f"{tenant} {kind} {target}"
+def destination_key(kind: str, target: str) -> str:
+    """What one destination of a tenant is, for its caps and its circuit: a webhook's
+    origin (scheme, host and port; all its paths and queries are one server), else its
+    queue or function."""
+    if kind != "webhook":
+        return f"{kind} {target}"
+    parts = urlsplit(target)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)  # one address, however it is spelt
+        host = f"[{address}]" if address.version == 6 else str(address)
+    return f"webhook {scheme}://{host}:{port or DEFAULT_PORTS.get(scheme, 0)}"
 
 
 def _shown(kind: str, target: str) -> str:

@@ -129,8 +129,14 @@ class Settings(BaseSettings):
     destination_slow_s: Annotated[float, Field(gt=0, le=60)] = 0.25
     # FNHOST_OUTBOX_CONCURRENCY: outbox attempts in flight at once on one scheduler.
     outbox_concurrency: Annotated[int, Field(ge=1, le=10000)] = 32
-    # FNHOST_OUTBOX_PER_DESTINATION: of those, to one destination (a dead one cannot take all).
+    # FNHOST_OUTBOX_PER_DESTINATION: of those, to one destination of a tenant (a dead one
+    # cannot take all): a webhook's host (scheme, host and port, whatever its path and
+    # query), a queue, a function.
     outbox_per_destination: Annotated[int, Field(ge=1, le=10000)] = 8
+    # FNHOST_OUTBOX_TENANT_SLOTS: of those, for one tenant's records; 0: a quarter of
+    # FNHOST_OUTBOX_CONCURRENCY (at least 1). Records past a cap wait for a slot without
+    # using an attempt, and when slots are scarce the tenants take turns.
+    outbox_tenant_slots: Annotated[int, Field(ge=0, le=10000)] = 0
 
     # Asynchronous tasks.
     task_retention_s: Annotated[float, Field(ge=60)] = 7 * 86400

@@ -17,15 +17,20 @@ from typing import Any
 class HangingWebhook:
     """Every POST is read and kept (`posts`), and waits for `answer()`: from then on every
     POST, the waiting ones included, is answered 200. `url` is where to point a
-    `webhook` destination."""
+    `webhook` destination (any path and query of it reaches this receiver). `held` is
+    how many POSTs wait for their answer now (their senders still wait too),
+    `most_held` the most at once so far."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.held = 0
+        self.most_held = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._open = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hanging-webhook", daemon=True)
         self.url = ""
 
@@ -63,10 +68,15 @@ class HangingWebhook:
         # Waiting handlers are not ended by close(): their connections closed, they end.
         for writer in list(self._writers):
             writer.close()
+        if self._handlers:  # ended before the loop stops (a pending one is reported as destroyed)
+            await asyncio.wait(set(self._handlers), timeout=5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         self._writers.add(writer)
         try:
             while line := await reader.readline():
@@ -79,8 +89,14 @@ class HangingWebhook:
                         "answered": False, "request": line.decode("latin-1").strip()}
                 with self._lock:
                     self.posts.append(post)
-                if not await self._until_open(reader):
-                    return  # the sender gave up waiting and closed the connection
+                    self.held += 1
+                    self.most_held = max(self.most_held, self.held)
+                try:
+                    if not await self._until_open(reader):
+                        return  # the sender gave up waiting and closed the connection
+                finally:
+                    with self._lock:
+                        self.held -= 1
                 with self._lock:
                     post["answered"] = True
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -89,6 +105,8 @@ class HangingWebhook:
             pass  # the sender gave up waiting and closed the connection
         finally:
             self._writers.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
             writer.close()
 
     async def _until_open(self, reader: asyncio.StreamReader) -> bool:

@@ -553,17 +553,18 @@ def list_all_tasks(client: httpx.Client, limit: int = 50, **filters: str) -> lis
 class Webhook:
     """A real HTTP server on 127.0.0.1 (a thread) that records every POST it gets.
 
-    `status` is what it answers (200 by default; 500 makes every delivery fail);
-    `host` is where it listens (a loopback address: 127.0.0.2 and ::1 are outside
-    WEBHOOK_ALLOWED_NETWORKS). Use it as a context manager; `url` is where to point
-    a `webhook` destination.
+    `status` is what it answers (200 by default; 500 makes every delivery fail), after
+    answering 500 to its first `fail_first` POSTs; `host` is where it listens (a
+    loopback address: 127.0.0.2 and ::1 are outside WEBHOOK_ALLOWED_NETWORKS). Use it
+    as a context manager; `url` is where to point a `webhook` destination.
     """
 
-    def __init__(self, status: int = 200, host: str = "127.0.0.1") -> None:
+    def __init__(self, status: int = 200, fail_first: int = 0, host: str = "127.0.0.1") -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.status = status
+        self.fail_first = fail_first
         self.posts: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -586,8 +587,9 @@ class Webhook:
                 with hook._arrived:
                     hook.posts.append(post)
                     hook._arrived.notify_all()
-                answer = b'{"ok": true}' if hook.status < 400 else b'{"error": "on purpose"}'
-                self.send_response(hook.status)
+                    status = 500 if len(hook.posts) <= hook.fail_first else hook.status
+                answer = b'{"ok": true}' if status < 400 else b'{"error": "on purpose"}'
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()

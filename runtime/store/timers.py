@@ -96,6 +96,15 @@ class TimerStore:
         )
         return result.modified_count == 1
 
+    async def renew(self, doc: Doc, lease_s: float) -> bool:
+        """Keep a claimed timer leased `lease_s` from now (an outbox record waiting for a
+        slot); False when its lease was lost."""
+        result = await self._timers.update_one(
+            {"_id": doc["_id"], "lease": doc["lease"]},
+            {"$set": {"lease_until": datetime.now(UTC) + timedelta(seconds=lease_s)}},
+        )
+        return result.modified_count == 1
+
     async def claim_due(self, limit: int, lease_s: float) -> list[Doc]:
         """Due timers, each leased to this caller for `lease_s`."""
         now = datetime.now(UTC)

@@ -14,9 +14,10 @@ from typing import Any, cast
 
 import pytest
 
+from runtime import outbox as outbox_module
 from runtime.destinations import Destinations, build_record
 from runtime.models import WebhookDestination
-from runtime.outbox import RECORD_WAIT_S, Outbox
+from runtime.outbox import RECORD_WAIT_S, Outbox, destination_key
 from runtime.settings import Settings, load_settings
 from runtime.store.timers import OUTBOX
 from runtime.webhook_policy import REFUSED
@@ -63,6 +64,7 @@ class Timers:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.settled = asyncio.Event()
+        self.renewals = 0
 
     async def hold(self, timer_id: str, due_at: datetime, *, tenant: str, function: str,
                    delivery: dict[str, Any]) -> None:
@@ -84,6 +86,10 @@ class Timers:
         for path, value in (changes or {}).items():
             stored["delivery"][path.removeprefix("delivery.")] = value
         return True
+
+    async def renew(self, doc: dict[str, Any], lease_s: float) -> bool:
+        self.renewals += 1
+        return bool(self.docs.get(doc["_id"], {}).get("lease") == doc["lease"])
 
     async def done(self, doc: dict[str, Any]) -> None:
         if self.docs.get(doc["_id"], {}).get("lease") == doc["lease"]:
@@ -325,13 +331,143 @@ async def test_a_destination_with_its_attempts_in_flight_makes_the_others_wait(
     await deliver(outbox, tasks, "task-1", key="t1/task-1/resize")
     await deliver(outbox, tasks, "task-2", key="t1/task-2/resize")  # not tried inline
     first, second = sorted(timers.docs, key=lambda t: timers.docs[t]["delivery"]["task_id"])
-    outbox.take(timers.claim(first))  # hangs
-    for _ in range(50):
-        if len(webhooks.posts) == 2:
-            break
-        await asyncio.sleep(0.01)
+    outbox.take(timers.claim(first))  # hangs until its timeout (0.5 s)
+    await until(lambda: len(webhooks.posts) == 2)
     assert webhooks.posts == ["task-1", "task-1"]
-    await fire(outbox, timers, second)
-    assert len(webhooks.posts) == 2  # not attempted: put back, its attempts untouched
-    assert timers.docs[second]["delivery"]["attempts"] == 0
-    assert timers.docs[second]["due_at"] > datetime.now(UTC) + timedelta(seconds=0.2)
+    outbox.take(timers.claim(second))
+    await asyncio.sleep(0.3)
+    assert len(webhooks.posts) == 2  # not attempted: it waits for the slot, its attempts untouched
+    assert timers.docs[second]["delivery"]["attempts"] == 0 and timers.docs[second]["lease"]
+    await until(lambda: len(webhooks.posts) == 3)  # the first timed out: its turn
+    assert webhooks.posts[2] == "task-2"
+    await until(lambda: timers.docs.get(second, {}).get("lease") is None and second not in pending(outbox))
+    assert second not in timers.docs  # delivered (200) and settled
+
+
+async def until(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.01)
+
+
+def pending(outbox: Outbox) -> set[str]:
+    return set(outbox._running)
+
+
+def hold(timers: Timers, tenant: str, url: str, n: int) -> str:
+    """An outbox timer of `tenant` for a record to `url`, due now, not tried yet: its id."""
+    timer_id = f"{tenant}/task-{n}#outbox.{n}"
+    timers.docs[timer_id] = {
+        "_id": timer_id, "due_at": datetime.now(UTC), "kind": OUTBOX, "tenant": tenant,
+        "function": "f", "lease": None, "delivery": {
+            "handoff": str(n), "key": f"{tenant}/task-{n}/f", "task_mode": False,
+            "destination": {"type": "webhook", "url": url}, "body": b"{}",
+            "task_id": f"{tenant}-{n}", "condition": "Success", "attempts": 1, "error": "HTTP 500",
+            "started_at": datetime.now(UTC),
+        },
+    }
+    return timer_id
+
+
+class HostWebhooks(Webhooks):
+    """Hangs every POST to hooks.example (whatever its path), answers 200 elsewhere."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        self.posts.append(headers["X-Fnhost-Task-Id"])
+        if "//hooks.example" in url:
+            await asyncio.sleep(3600)
+        return 200, "OK"
+
+
+@pytest.fixture
+async def shared(timers: Timers, tasks: Tasks) -> AsyncIterator[tuple[Outbox, HostWebhooks]]:
+    """An outbox of 4 slots, 2 per tenant, 8 per destination; hooks.example hangs for 5 s."""
+    settings = load_settings(webhook_timeout_s=5, outbox_concurrency=4, outbox_tenant_slots=2,
+                             outbox_per_destination=8)
+    webhooks = HostWebhooks()
+    destinations = Destinations(settings, cast(Any, NoBroker()), None, webhooks)
+    await destinations.start()
+    box = Outbox(settings, destinations, cast(Any, timers), cast(Any, tasks))
+    yield box, webhooks
+    await box.close()
+    await destinations.close()
+
+
+async def test_a_tenant_s_hanging_urls_take_its_slots_only(
+    shared: tuple[Outbox, HostWebhooks], timers: Timers
+) -> None:
+    outbox, webhooks = shared
+    hanging = [hold(timers, "a", f"http://hooks.example/{n}?a={n}", n) for n in range(6)]
+    for timer_id in hanging:
+        outbox.take(timers.claim(timer_id))
+    await until(lambda: len(webhooks.posts) == 2)
+    b = hold(timers, "b", "http://other.example/done", 99)
+    outbox.take(timers.claim(b))
+    await until(lambda: b not in timers.docs)  # delivered at once
+    assert webhooks.posts[2:] == ["b-99"]
+    assert len(webhooks.posts) == 3  # A: still its 2 slots
+    # A's records past its slots and its backlog were put back for later, not tried.
+    put_back = [t for t in hanging if timers.docs[t]["lease"] is None]
+    assert len(put_back) == 2, put_back
+    for timer_id in put_back:
+        assert timers.docs[timer_id]["delivery"]["attempts"] == 1
+        assert timers.docs[timer_id]["due_at"] > datetime.now(UTC) + timedelta(seconds=2)
+    assert outbox.counters["held_back"] == 2
+
+
+async def test_close_puts_back_the_records_waiting_for_a_slot_due_now(
+    shared: tuple[Outbox, HostWebhooks], timers: Timers
+) -> None:
+    outbox, webhooks = shared
+    hanging = [hold(timers, "a", f"http://hooks.example/{n}", n) for n in range(4)]
+    for timer_id in hanging:
+        outbox.take(timers.claim(timer_id))
+    await until(lambda: len(webhooks.posts) == 2)
+    await outbox.close()
+    now = datetime.now(UTC)
+    for timer_id in hanging:
+        doc = timers.docs[timer_id]
+        assert doc["lease"] is None and doc["due_at"] <= now, doc
+        assert doc["delivery"]["attempts"] == 1  # neither the cut attempts nor the waits counted
+
+
+async def test_a_record_waiting_for_a_slot_keeps_its_lease(
+    shared: tuple[Outbox, HostWebhooks], timers: Timers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox, webhooks = shared
+    monkeypatch.setattr(outbox_module, "RENEWALS_PER_LEASE", 100)  # every 0.15 s
+    hanging = [hold(timers, "a", f"http://hooks.example/{n}", n) for n in range(3)]
+    for timer_id in hanging:
+        outbox.take(timers.claim(timer_id))
+    await until(lambda: timers.renewals >= 2)
+    waiting = hanging[2]
+    assert timers.docs[waiting]["lease"] and len(webhooks.posts) == 2
+    timers.docs[waiting]["lease"] = "taken by another claim"
+    await until(lambda: waiting not in pending(outbox))
+    assert len(webhooks.posts) == 2  # that claim makes its attempt, not this one
+    assert timers.docs[waiting]["lease"] == "taken by another claim"
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("http://h.example/a?x=1", "http://H.example:80/b/c?y=2#z"),
+    ("https://h.example/", "https://user@h.example:443/other"),
+    ("http://[::1]:8080/a", "http://[0:0:0:0:0:0:0:1]:8080/b"),
+    ("http://h.example./a", "http://h.example/b"),
+])
+def test_a_webhook_host_is_one_destination_whatever_its_path_and_query(one: str, other: str) -> None:
+    assert destination_key("webhook", one) == destination_key("webhook", other)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("http://h.example/a", "https://h.example/a"),
+    ("http://h.example/a", "http://h.example:8080/a"),
+    ("http://h.example/a", "http://g.example/a"),
+])
+def test_another_scheme_port_or_host_is_another_destination(one: str, other: str) -> None:
+    assert destination_key("webhook", one) != destination_key("webhook", other)
+
+
+def test_a_queue_or_function_destination_is_its_target() -> None:
+    assert destination_key("queue", "fnhost.d.t1.q") == "queue fnhost.d.t1.q"
+    assert destination_key("function", "resize") != destination_key("queue", "resize")
