@@ -1,4 +1,9 @@
-"""Authentication as pure ASGI middleware: sets scope["tenant"] or answers 401."""
+"""Authentication as pure ASGI middleware: sets scope["tenant"] or answers 401.
+
+`/v1/...` takes a tenant's API key (the admin key on admin routes); `/metrics`,
+which names tenants and functions, takes the admin key or FNHOST_METRICS_TOKEN
+(what a Prometheus scraper sends as `Authorization: Bearer <token>`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
 from gateway.state import Services
-from runtime.errors import Forbidden, Unauthorized
+from runtime.errors import FnhostError, Forbidden, Unauthorized
 
 ADMIN_PATHS = ("/v1/tenants",)
+METRICS_PATH = "/metrics"
 
 
 def bearer(scope: Scope) -> str | None:
@@ -21,15 +27,31 @@ def bearer(scope: Scope) -> str | None:
     return None
 
 
+def matches(token: str, secrets: tuple[bytes, ...]) -> bool:
+    """Whether `token` is one of `secrets`, in constant time: each is compared in full."""
+    given = token.encode()
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given, secret)
+    return found
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
         admin = services.settings.admin_key
         self.admin_key = admin.get_secret_value().encode() if admin is not None else None
+        token = services.settings.metrics_token
+        self.metrics_keys = tuple(
+            k for k in (self.admin_key, token.get_secret_value().encode() if token else None) if k
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            if scope["type"] == "http" and scope["path"] == METRICS_PATH:
+                await self._metrics(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         token = bearer(scope)
@@ -48,4 +70,18 @@ class AuthMiddleware:
                 await error_response(Unauthorized("unknown API key"))(scope, receive, send)
                 return
             scope["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = bearer(scope)
+        if token is None:
+            err: FnhostError = Unauthorized(
+                "missing Authorization: Bearer <admin key or FNHOST_METRICS_TOKEN>"
+            )
+            await error_response(err)(scope, receive, send)
+            return
+        if not matches(token, self.metrics_keys):
+            err = Forbidden("/metrics needs the admin key or FNHOST_METRICS_TOKEN")
+            await error_response(err)(scope, receive, send)
+            return
         await self.app(scope, receive, send)

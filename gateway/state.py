@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
 
-from gateway.backlog import BacklogMonitor
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
-from gateway.throttle import RateLimiter
 from runtime.broker import topology
+from runtime.broker.backlog import BacklogMonitor
 from runtime.broker.control import ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
@@ -29,6 +28,7 @@ from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore, hash_key
 from runtime.store.timers import TimerStore
+from runtime.tasks.admission import RateLimiter
 from runtime.tasks.submit import Submitter
 from runtime.webhook_policy import WebhookPolicy
 

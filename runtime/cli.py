@@ -95,9 +95,16 @@ def _admin_key(settings: Settings) -> tuple[str, str]:
     if settings.admin_key is not None:
         return settings.admin_key.get_secret_value(), "FNHOST_ADMIN_KEY"
     path = settings.data_dir / "admin-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32) + "\n")
-        path.chmod(0o600)
+    try:
+        # Created 0600 in one step: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s was readable by others: its mode is now 0600", path)
+            path.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(secrets.token_urlsafe(32) + "\n")
     return path.read_text().strip(), str(path)
 
 

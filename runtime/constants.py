@@ -49,6 +49,8 @@ H_TASK_ID = "task_id"
 H_CREATED_MS = "created_ms"
 H_ATTEMPT = "attempt"
 H_TASK_MODE = "task_mode"
+# How many function destinations led to this task; absent: none (a client submitted it).
+H_CHAIN_DEPTH = "chain_depth"
 CTL_STOP_TASK = "stop-task"  # stop a running task: the scheduler running it kills its container
 CTL_TENANT = "tenant"  # a tenant (and its queue) exists: schedulers start consuming it
 # Never sent: each process's control bus hands it to its own handlers when it is back
@@ -69,6 +71,13 @@ HTTP_CONTAINER = "X-Fnhost-Container"
 HTTP_VERSION = "X-Fnhost-Version"
 HTTP_TIMINGS = "Server-Timing"  # init (specialisation) and run time in ms
 LOG_TAIL_BYTES = 4096
+# On every response whose body a function wrote: its content type is the function's
+# word, so browsers must neither sniff another type from it nor run it as the API's
+# origin (a dashboard on that origin holds keys): `sandbox` gives it an opaque origin.
+FUNCTION_OUTPUT_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "sandbox"),
+)
 
 # Docker.
 LABEL_ROLE = "fnhost.role"  # stem-cell container of fnhost

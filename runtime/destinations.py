@@ -40,8 +40,9 @@ JSON = "application/json"
 # Queue names declared by this process (durable, so declared once); bounded.
 DECLARED_QUEUES_MAX = 4096
 
-Submit = Callable[[str, str, bytes, str], Awaitable[str]]
-"""Async invoke of a function: (tenant, function, body, content type) -> task id."""
+Submit = Callable[[str, str, bytes, str, int], Awaitable[str]]
+"""Async invoke of a function: (tenant, function, body, content type, chain depth of the
+new task: 1 + that of the task whose record it is) -> task id."""
 
 Target = WebhookDestination | QueueDestination | FunctionDestination
 DeliveryStatus = Literal["delivered", "failed", "refused", "pending"]
@@ -218,14 +219,17 @@ class Destinations:
             await self._channel.close()
             self._channel = None
 
-    async def deliver(self, tenant_id: str, destination: Target, record: dict[str, Any]) -> Delivery:
+    async def deliver(
+        self, tenant_id: str, destination: Target, record: dict[str, Any], chain_depth: int = 0
+    ) -> Delivery:
         """Deliver one record, every attempt of the policy inline; never raises for a
         delivery that fails, it reports it. (A scheduler tries once inline and leaves
         the rest to its outbox: runtime/outbox.py.)"""
         started = time.monotonic()
         context = record["requestContext"]
         target, attempt = self._plan(
-            tenant_id, destination, orjson.dumps(record), str(context["taskId"]), str(context["condition"])
+            tenant_id, destination, orjson.dumps(record), str(context["taskId"]),
+            str(context["condition"]), chain_depth,
         )
         attempts, last = await self._attempt(attempt)
         error = last.error
@@ -247,12 +251,13 @@ class Destinations:
 
     async def try_once(
         self, tenant_id: str, destination: Target, body: bytes, task_id: str, condition: str,
-        deadline_s: float | None = None,
+        deadline_s: float | None = None, chain_depth: int = 0,
     ) -> Tried:
         """One attempt of the record `body`, bounded by its own timeout and by `deadline_s`
         when given. A function destination is never cut short by `deadline_s`: its submit
-        may have been accepted all the same, and submitting again could run it twice."""
-        _, attempt = self._plan(tenant_id, destination, body, task_id, condition)
+        may have been accepted all the same, and submitting again could run it twice.
+        `chain_depth`: that of the task whose record it is."""
+        _, attempt = self._plan(tenant_id, destination, body, task_id, condition, chain_depth)
         if deadline_s is None or isinstance(destination, FunctionDestination):
             return await self._once(attempt)
         try:
@@ -262,7 +267,8 @@ class Destinations:
             return Tried(f"no answer within {deadline_s:g} s", retry=True)
 
     def _plan(
-        self, tenant_id: str, destination: Target, body: bytes, task_id: str, condition: str
+        self, tenant_id: str, destination: Target, body: bytes, task_id: str, condition: str,
+        chain_depth: int,
     ) -> tuple[str, Callable[[], Awaitable[None]]]:
         """What to deliver to, and one attempt of it."""
         target = self.target(tenant_id, destination)
@@ -270,7 +276,7 @@ class Destinations:
             return target, lambda: self._post(target, body, task_id, condition)
         if isinstance(destination, QueueDestination):
             return target, lambda: self._publish(target, body, task_id, condition)
-        return target, lambda: self._invoke(tenant_id, target, body)
+        return target, lambda: self._invoke(tenant_id, target, body, chain_depth + 1)
 
     async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> tuple[int, Tried]:
         """Run `attempt` until it succeeds, fails for good or the attempts run out
@@ -361,13 +367,13 @@ class Destinations:
         if len(self._declared) > DECLARED_QUEUES_MAX:
             self._declared.popitem(last=False)
 
-    async def _invoke(self, tenant_id: str, function: str, body: bytes) -> None:
+    async def _invoke(self, tenant_id: str, function: str, body: bytes, chain_depth: int) -> None:
         if self._submit is None:
             raise _Failure("function destinations are not available in this process", retry=False)
         timeout = self._settings.destination_publish_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                await self._submit(tenant_id, function, body, JSON)
+                await self._submit(tenant_id, function, body, JSON, chain_depth)
         except TimeoutError:
             # It may have been accepted all the same: submitting again could run the function twice.
             raise _Failure(

@@ -122,7 +122,7 @@ class Outbox:
 
     async def deliver(
         self, tenant: str, destination: Target, record: dict[str, Any], *,
-        function: str, key: str, task_mode: bool,
+        function: str, key: str, task_mode: bool, chain_depth: int = 0,
     ) -> dict[str, Any]:
         """Try `record` once inline; if that fails for now, hand it to the outbox. Returns
         what the task record's `destination` shows: delivered, failed (for good) or pending."""
@@ -140,7 +140,7 @@ class Outbox:
             try:
                 tried = await self._destinations.try_once(
                     tenant, destination, body, task_id, condition,
-                    deadline_s=self._settings.destination_inline_s,
+                    deadline_s=self._settings.destination_inline_s, chain_depth=chain_depth,
                 )
             finally:
                 self._circuits.ended(circuit, started)
@@ -162,6 +162,7 @@ class Outbox:
                 "destination": destination.model_dump(mode="json"),
                 "body": Binary(body), "task_id": task_id, "condition": condition,
                 "attempts": attempts, "error": error, "started_at": started_at,
+                "chain_depth": chain_depth,
             },
         )
         self.counters["handed_off"] += 1
@@ -232,7 +233,8 @@ class Outbox:
             await self._timers.put_back(doc, datetime.now(UTC) + timedelta(seconds=RECORD_WAIT_S))
             return
         tried = await self._destinations.try_once(
-            tenant, destination, bytes(box["body"]), str(box["task_id"]), str(box["condition"])
+            tenant, destination, bytes(box["body"]), str(box["task_id"]), str(box["condition"]),
+            chain_depth=int(box.get("chain_depth") or 0),
         )
         attempts = int(box["attempts"]) + 1
         done = tried.error is None or not tried.retry or attempts >= self._destinations.max_attempts

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runtime.webhook_policy import Network, parse_networks
 
 MB = 1 << 20
+METRICS_TOKEN_MIN = 16  # characters of FNHOST_METRICS_TOKEN, so that it cannot be guessed
 
 
 class SettingsError(Exception):
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     # faster) or hypercorn.
     gateway_server: Literal["uvicorn", "hypercorn"] = "uvicorn"
     admin_key: SecretStr | None = None
+    # FNHOST_METRICS_TOKEN: a bearer token that may read /metrics (so may the admin key);
+    # for a Prometheus scraper, which then needs no admin rights.
+    metrics_token: SecretStr | None = None
     cluster_secret: SecretStr | None = None
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     mongo_url: str | None = None
@@ -127,6 +131,10 @@ class Settings(BaseSettings):
     # FNHOST_DESTINATION_SLOW_S: while an inline attempt to a destination has waited this
     # long, its next records skip the inline attempt too (they would likely wait as long).
     destination_slow_s: Annotated[float, Field(gt=0, le=60)] = 0.25
+    # FNHOST_DESTINATION_CHAIN_MAX: function destinations in a row (a task's destination
+    # submits a task whose destination submits ...): the one past this is refused and
+    # recorded as a failed delivery, so a function whose destination is itself stops.
+    destination_chain_max: Annotated[int, Field(ge=0, le=1000)] = 8
     # FNHOST_OUTBOX_CONCURRENCY: outbox attempts in flight at once on one scheduler.
     outbox_concurrency: Annotated[int, Field(ge=1, le=10000)] = 32
     # FNHOST_OUTBOX_PER_DESTINATION: of those, to one destination of a tenant (a dead one
@@ -209,6 +217,15 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < METRICS_TOKEN_MIN:
+            raise ValueError(f"must be at least {METRICS_TOKEN_MIN} characters")
         return value
 
     @field_validator("stem_cells_max")

@@ -215,6 +215,14 @@ class Platform:
         finally:
             client.close()
 
+    def metrics(self, url: str | None = None) -> str:
+        """The text of /metrics (of this platform's gateway, or of another at `url`),
+        read with the admin key as a scraper would with FNHOST_METRICS_TOKEN."""
+        r = httpx.get(f"{url or self.url}/metrics",
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        r.raise_for_status()
+        return r.text
+
     def admin(self) -> httpx.Client:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60

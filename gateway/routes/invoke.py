@@ -31,6 +31,7 @@ from runtime.tasks.submit import Accepted, Submission
 
 SYNC, ASYNC, DRY_RUN = "RequestResponse", "Event", "DryRun"
 TYPES = {"requestresponse": SYNC, "event": ASYNC, "dryrun": DRY_RUN, "sync": SYNC, "async": ASYNC}
+FUNCTION_OUTPUT = dict(c.FUNCTION_OUTPUT_HEADERS)
 # Time allowed on top of the function's timeout for queueing and a cold start.
 SYNC_MARGIN_S = 30.0
 
@@ -102,11 +103,13 @@ async def invoke(request: Request) -> Response:
     status = str(meta.get("status"))
     INVOCATIONS.labels(SYNC, status).inc()
     if status == "error":
-        headers = {c.HTTP_REQUEST_ID: request_id}
+        # Its message may quote the function (an import error): the same guard.
+        headers = {**FUNCTION_OUTPUT, c.HTTP_REQUEST_ID: request_id}
         if "retry_after" in meta:
             headers["Retry-After"] = str(meta["retry_after"])
         return Response(body, int(meta.get("error_status", 500)), headers, "application/json")
     out = {
+        **FUNCTION_OUTPUT,
         c.HTTP_REQUEST_ID: request_id,
         c.HTTP_START: str(meta.get("start")),
         c.HTTP_CONTAINER: str(meta.get("container")),

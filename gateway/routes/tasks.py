@@ -22,6 +22,10 @@ from runtime.tasks import status as st
 from runtime.tasks.submit import message_headers
 
 MAX_LIMIT = 500
+LOG_HEADERS = dict(c.FUNCTION_OUTPUT_HEADERS)
+# Times a query may name: tasks are never older, and the listing's arithmetic stays in range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _services(request: Request) -> tuple[Services, Tenant]:
@@ -43,11 +47,22 @@ def _time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         if value.replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(value), UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+            parsed = datetime.fromtimestamp(float(value), UTC)
+        else:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        # OverflowError, OSError: epoch seconds past what a date can hold.
         raise BadRequest(f"{name} must be an ISO 8601 time or epoch seconds", field=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return _bounded(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC), name)
+
+
+def _bounded(at: datetime, name: str) -> datetime:
+    """A time the task listing can compute with (windows below it, a millisecond above)."""
+    if not EARLIEST <= at <= LATEST:
+        raise BadRequest(
+            f"{name} must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}", field=name
+        )
+    return at
 
 
 def _cursor(value: str | None) -> tuple[datetime, str] | None:
@@ -55,9 +70,13 @@ def _cursor(value: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(value.encode()))
-        return datetime.fromtimestamp(raw[0] / 1_000_000, UTC), str(raw[1])
+        at = datetime.fromtimestamp(raw[0] / 1_000_000, UTC)
+        key = raw[1]
     except Exception:
         raise BadRequest("invalid cursor", field="cursor") from None
+    if not isinstance(key, str) or not EARLIEST <= at <= LATEST:
+        raise BadRequest("invalid cursor", field="cursor")
+    return at, key
 
 
 def _next_cursor(doc: Doc) -> str:
@@ -77,10 +96,8 @@ async def list_tasks(request: Request) -> JSONResponse:
     status = q.get("status") or None
     if status is not None and status not in st.ALL:
         raise BadRequest(f"unknown status {status!r}: one of {', '.join(st.ALL)}", field="status")
-    try:
-        limit = int(q.get("limit", "50"))
-    except ValueError:
-        limit = 0
+    raw_limit = q.get("limit", "50")
+    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4 else 0
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be 1-{MAX_LIMIT}", field="limit")
     docs = await services.tasks.list(
@@ -100,7 +117,8 @@ async def list_tasks(request: Request) -> JSONResponse:
 async def task_logs(request: Request) -> Response:
     _, _, doc = await _task(request)
     logs = bytes(doc.get("logs") or b"")
-    return Response(logs, media_type="text/plain; charset=utf-8")
+    # What the function printed: served as function output is.
+    return Response(logs, media_type="text/plain; charset=utf-8", headers=LOG_HEADERS)
 
 
 async def stop_task(request: Request) -> JSONResponse:
@@ -157,6 +175,7 @@ async def retry_task(request: Request) -> JSONResponse:
     headers = message_headers(
         tenant=tenant.id, function=doc["function"], task_id=doc["task_id"],
         request_id=doc.get("request_id") or "", created_at=now, attempt=1, task_mode=True,
+        chain_depth=int(doc.get("chain_depth") or 0),
     )
     try:
         await services.publisher.publish(

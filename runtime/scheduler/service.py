@@ -10,6 +10,7 @@ from typing import Any
 
 from runtime import constants as c
 from runtime.broker import topology
+from runtime.broker.backlog import BacklogMonitor
 from runtime.broker.control import ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
@@ -17,7 +18,7 @@ from runtime.broker.publisher import InvokePublisher
 from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.destinations import Destinations
-from runtime.errors import NotFound
+from runtime.flow.backpressure import Backpressure
 from runtime.hop import HopServer
 from runtime.outbox import Outbox
 from runtime.pool.engine import DockerEngine
@@ -31,9 +32,11 @@ from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
+from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.timers import TimerStore
-from runtime.tasks.submit import Submission, Submitter
+from runtime.tasks.admission import FunctionDestinationSubmit, RateLimiter
+from runtime.tasks.submit import Submitter
 
 log = logging.getLogger(__name__)
 # How long shutdown waits for the containers to be removed (Docker can be slow).
@@ -75,7 +78,21 @@ class Scheduler:
         self.publisher = InvokePublisher(self.connection)
         await self.publisher.start()
         self.submitter = Submitter(self.tasks, self.timers, self.publisher)
-        self.destinations = Destinations(self.settings, self.connection, self._submit_to_function)
+        # Function destinations meet the limits of any async submission: back-pressure
+        # (from the depth of the queues this scheduler submits to), max_rate, the payload
+        # limit, and the depth of their chain.
+        s = self.settings
+        self.backpressure = Backpressure(
+            s.backlog_messages, s.backlog_age_s, s.backlog_poll_s,
+            max_wait_s=s.backlog_wait_s, burst=s.backlog_burst,
+        )
+        self.backlog = BacklogMonitor(self.connection, self.backpressure, s.backlog_poll_s)
+        self.backlog.start()
+        submit = FunctionDestinationSubmit(
+            self.cache, self.submitter, RateLimiter(RateStore(self.mongo)), self.backpressure,
+            payload_limit=s.async_payload_limit, max_chain=s.destination_chain_max,
+        )
+        self.destinations = Destinations(self.settings, self.connection, submit)
         await self.destinations.start()
         self.outbox = Outbox(self.settings, self.destinations, self.timers, self.tasks)
         self.flow = Flow(Thresholds(
@@ -120,18 +137,6 @@ class Scheduler:
         await self.hop.start(self.settings.scheduler_bind, self.settings.scheduler_advertise)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         log.info("scheduler %s ready", self.settings.scheduler_id)
-
-    async def _submit_to_function(
-        self, tenant: str, function: str, body: bytes, content_type: str
-    ) -> str:
-        """The `function` destination: an async invoke of another function of the tenant."""
-        record = await self.cache.get(tenant, function)
-        if record is None:
-            raise NotFound(f"destination function {function!r} not found")
-        accepted = await self.submitter.submit(
-            Submission(record=record, payload=body, content_type=content_type)
-        )
-        return accepted.task_id
 
     async def _prefetch(self, event: dict[str, Any]) -> None:
         """Retire containers of a changed function; load the new one and unpack its bundle
@@ -216,6 +221,8 @@ class Scheduler:
         except TimeoutError:
             log.warning("containers still being removed after %.0f s: the next start "
                         "of this scheduler removes what is left", POOL_CLOSE_S)
+        if hasattr(self, "backlog"):
+            await self.backlog.close()
         if hasattr(self, "destinations"):
             await self.destinations.close()
         if hasattr(self, "submitter"):

@@ -69,6 +69,7 @@ class Job:
     task_mode: bool
     throttles: int
     queued_at: datetime
+    chain_depth: int = 0  # function destinations that led to this task
 
     @property
     def key(self) -> str:
@@ -90,6 +91,7 @@ class Job:
             queued_at=datetime.fromtimestamp(
                 int(h.get(H_QUEUED_MS) or h[c.H_CREATED_MS]) / 1000, UTC
             ),
+            chain_depth=int(h.get(c.H_CHAIN_DEPTH, 0)),
         )
 
     def headers(self, **changes: Any) -> dict[str, Any]:
@@ -440,7 +442,7 @@ class TaskRunner:
         delivery = await self._outbox.deliver(
             job.tenant, destination,
             self._record(job, record, st.STOPPED_CONDITION, None, invoke_count),
-            function=job.function, key=job.key, task_mode=job.task_mode,
+            function=job.function, key=job.key, task_mode=job.task_mode, chain_depth=job.chain_depth,
         )
         await self._tasks.set_fields(job.key, {"destination": delivery})
 
@@ -496,7 +498,7 @@ class TaskRunner:
         if destination is not None:
             delivery = await self._outbox.deliver(
                 job.tenant, destination, self._record(job, record, condition, outcome, invoke_count),
-                function=job.function, key=job.key, task_mode=job.task_mode,
+                function=job.function, key=job.key, task_mode=job.task_mode, chain_depth=job.chain_depth,
             )
         if not job.task_mode:
             return

@@ -30,6 +30,7 @@ TASK_IDS = "task_ids"  # ids claimed by functions without task mode (no record)
 LIST_FIRST_WINDOW = timedelta(seconds=2)
 LIST_WINDOW_GROWTH = 4
 LIST_LAST_WINDOW = timedelta(days=30)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
 # `_id`s per bulk update or delete by key.
 BULK_KEYS = 1000
@@ -360,7 +361,8 @@ class TaskStore:
         top = upper if upper is not None else now()
         page: list[Doc] = []
         while True:
-            lower: datetime | None = top - width
+            # Never below the epoch: no task is older, and a date cannot go below year 1.
+            lower: datetime | None = top - width if top - EPOCH > width else EPOCH
             if floor is not None and lower is not None and lower <= floor:
                 lower = floor
             if width >= LIST_LAST_WINDOW and floor is None:
@@ -388,7 +390,8 @@ class TaskStore:
                 page.append(doc)
                 if len(page) == limit:
                     break
-            if len(page) >= limit or lower is None or (floor is not None and lower <= floor):
+            if (len(page) >= limit or lower is None or lower <= EPOCH
+                    or (floor is not None and lower <= floor)):
                 break
             upper, upper_inclusive, top = lower, False, lower
             width *= LIST_WINDOW_GROWTH

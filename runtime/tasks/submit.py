@@ -45,6 +45,8 @@ class Submission:
     task_id: str | None = None
     delay_s: float = 0.0
     request_id: str | None = None
+    # How many function destinations led to this task (0: a client submitted it).
+    chain_depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class Accepted:
 
 def message_headers(
     *, tenant: str, function: str, task_id: str, request_id: str, created_at: datetime,
-    attempt: int, task_mode: bool,
+    attempt: int, task_mode: bool, chain_depth: int = 0,
 ) -> dict[str, Any]:
-    return {
+    headers = {
         c.H_TENANT: tenant,
         c.H_FUNCTION: function,
         c.H_TASK_ID: task_id,
@@ -67,6 +69,9 @@ def message_headers(
         c.H_ATTEMPT: attempt,
         c.H_TASK_MODE: task_mode,
     }
+    if chain_depth:
+        headers[c.H_CHAIN_DEPTH] = chain_depth
+    return headers
 
 
 @dataclass(slots=True)
@@ -94,7 +99,7 @@ class _Plan:
         return message_headers(
             tenant=record.tenant, function=record.name, task_id=self.task_id,
             request_id=self.request_id, created_at=self.created_at, attempt=1,
-            task_mode=self.task_mode,
+            task_mode=self.task_mode, chain_depth=self.sub.chain_depth,
         )
 
     def accepted(self) -> Accepted:
@@ -103,11 +108,14 @@ class _Plan:
     def record(self, tasks: TaskStore) -> Doc:
         """The task's record (task mode)."""
         record = self.sub.record
-        return tasks.record(
+        doc = tasks.record(
             tenant=record.tenant, function=record.name, task_id=self.task_id,
             request_id=self.request_id, payload=self.sub.payload,
             content_type=self.sub.content_type, created_at=self.created_at, due_at=self.due_at,
         )
+        if self.sub.chain_depth:
+            doc["chain_depth"] = self.sub.chain_depth  # a redrive keeps its place in the chain
+        return doc
 
     def timer(self) -> Doc:
         """The timer that holds the message of a delayed task until it is due."""

@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.harness import (
@@ -40,7 +39,7 @@ def flooded(mongo: MongoServer) -> Iterator[Platform]:
 
 
 def throttled_count(platform: Platform, tenant: str) -> float:
-    text = httpx.get(f"{platform.url}/metrics", timeout=10).text
+    text = platform.metrics()
     m = re.search(rf'^fnhost_throttled_total{{reason="backlog",tenant="{tenant}"}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 

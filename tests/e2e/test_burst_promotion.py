@@ -9,8 +9,6 @@ import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
 from tests.harness import (
     MongoServer,
     deploy,
@@ -44,7 +42,7 @@ def test_a_burst_seen_by_the_gateway_gets_a_dedicated_queue(mongo: MongoServer) 
 
             described = eventually(promoted, 10, "the gateway promoted the bursting function")
             assert "burst" in str(described["queue_reason"])
-            metrics = httpx.get(f"{p.url}/metrics", timeout=10).text
+            metrics = p.metrics()
             assert "fnhost_burst_promotions_total 1.0" in metrics
             assert client.get("/v1/functions/calm").json()["queue_mode"] == "shared"
             # Another tenant's function, alone in its tenant: nobody waits behind it.

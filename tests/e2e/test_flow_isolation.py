@@ -104,7 +104,7 @@ def test_blocked_function_is_promoted_and_others_keep_flowing(
 
     # The schedulers' heartbeats carry their flow state to the gateway's metrics.
     def metric(line_start: str) -> float | None:
-        text = httpx.get(f"{flow_platform.url}/metrics", timeout=10).text
+        text = flow_platform.metrics()
         for line in text.splitlines():
             if line.startswith(line_start):
                 return float(line.rsplit(" ", 1)[1])
@@ -193,7 +193,7 @@ def test_timeouts_shrink_the_dispatch_window(flow_platform: Platform, client: ht
     labels = f'function="stuck",scheduler="{flow_platform.scheduler_id}",tenant="{tenant}"'
 
     def window() -> tuple[float, float] | None:
-        text = httpx.get(f"{flow_platform.url}/metrics", timeout=10).text
+        text = flow_platform.metrics()
         values = {}
         for line in text.splitlines():
             for name in ("fnhost_dispatch_window", "fnhost_dispatch_ceiling"):

@@ -139,10 +139,14 @@ class Submits:
     """A stand-in for the async invoke path: records calls; raises what `errors` holds first."""
 
     calls: list[tuple[str, str, bytes, str]] = field(default_factory=list)
+    chain_depths: list[int] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
 
-    async def __call__(self, tenant: str, function: str, body: bytes, content_type: str) -> str:
+    async def __call__(
+        self, tenant: str, function: str, body: bytes, content_type: str, chain_depth: int
+    ) -> str:
         self.calls.append((tenant, function, body, content_type))
+        self.chain_depths.append(chain_depth)
         if self.errors:
             raise self.errors.pop(0)
         return f"task-{len(self.calls)}"
@@ -396,6 +400,7 @@ async def test_function_destination_submits_the_record(destinations: Destination
     assert delivery.status == "delivered", delivery
     assert (delivery.type, delivery.target, delivery.attempts) == ("function", "on-done", 1)
     assert submits.calls == [("t9", "on-done", orjson.dumps(record), "application/json")]
+    assert submits.chain_depths == [1]  # the record of a task a client submitted
 
 
 async def test_function_not_found_fails_without_retry(destinations: Destinations, submits: Submits) -> None:
@@ -435,13 +440,13 @@ async def test_function_submit_that_hangs_is_not_repeated(
 ) -> None:
     calls: list[str] = []
 
-    async def hang(tenant: str, function: str, body: bytes, content_type: str) -> str:
+    async def hang(tenant: str, function: str, body: bytes, content_type: str, depth: int) -> str:
         calls.append(function)
         await asyncio.sleep(10)
         return "never"
 
     settings = load_settings(amqp_url=AMQP_URL, destination_publish_timeout_s=0.2)
-    submit: Callable[[str, str, bytes, str], Awaitable[str]] = hang
+    submit: Callable[[str, str, bytes, str, int], Awaitable[str]] = hang
     d = Destinations(settings, amqp, submit)
     await d.start()
     try:

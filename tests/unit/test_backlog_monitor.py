@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from gateway import backlog
-from gateway.backlog import BacklogMonitor
+from runtime.broker import backlog
+from runtime.broker.backlog import BacklogMonitor
 from runtime.flow.backpressure import Backpressure
 
 

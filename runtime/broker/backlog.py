@@ -1,4 +1,4 @@
-"""Reads the backlog of the queues this gateway submitted to lately, off the request path.
+"""Reads the backlog of the queues this process submitted to lately, off the request path.
 
 Every `poll_s`, each queue that back-pressure watches (runtime/flow/backpressure.py)
 is declared passively on a channel of the poller's own: the broker answers with the
