@@ -119,6 +119,13 @@ class Freezer:
         self._frozen.pop(container.name, None)
         self._files.pop(container.docker_id or "", None)
 
+    async def close(self) -> None:
+        """Cancel the freezes to come and wait for the engine pauses in flight."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        await asyncio.gather(*self._pausing.values(), return_exceptions=True)
+
     def frozen(self, container: Container) -> bool:
         return container.name in self._frozen
 

@@ -5,8 +5,8 @@ its stem policy asks for (`stems.py`), hands out containers for invocations
 (warm reuse, else a stem cell specialised on demand, else a cold start), bounds
 containers per function (`max_concurrency`) and per host (`max_containers`, and
 the sum of their memory limits within the host's budget, `memory.py`: idle
-containers are evicted to make room), and removes containers idle past the
-keep-alive period.
+containers are evicted to make room), freezes warm containers while they idle
+(`freezer.py`), and removes containers idle past the keep-alive period.
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ class Pool:
             task.cancel()
         # Let cancelled stem-cell starts unwind first, so none of them outlives close().
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._freezer.close()
         for container in list(self._containers.values()):
             if container.state is not State.REMOVING:
                 self.discard(container)
