@@ -99,6 +99,11 @@ class DockerEngine:
             name=f"fnhost-{name}",
             user=c.CONTAINER_USER,
             labels={c.LABEL_ROLE: "function", c.LABEL_SCHEDULER: s.scheduler_id, c.LABEL_CELL: name},
+            # A container frozen through its cgroup (freezer.py) cannot take a SIGTERM
+            # until thawed, and Docker does not know it is frozen: `docker stop`, and the
+            # engine's own shutdown, would wait their whole timeout. The agent's SIGTERM
+            # handler only exits, so SIGKILL loses nothing.
+            stop_signal="SIGKILL",
             host_config=self.client.api.create_host_config(
                 binds={
                     str(cell_dir / "run"): {"bind": c.CONTAINER_RUN_DIR, "mode": "ro"},

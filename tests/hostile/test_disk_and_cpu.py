@@ -174,6 +174,21 @@ def test_an_idle_warm_container_uses_no_cpu(
         client.close()
 
 
+def test_a_frozen_container_stops_at_once(tenant: httpx.Client, engine: docker.DockerClient) -> None:
+    """As the engine stops it on its own shutdown: Docker does not know it is frozen."""
+    r = deploy(tenant, "to-stop", function_zip(BURNER))
+    assert r.status_code == 201, r.text
+    container = container_of(invoke(tenant, "to-stop"))
+    time.sleep(1.0)  # frozen by now
+    started = time.monotonic()
+    engine.api.stop(container, timeout=10)
+    took = time.monotonic() - started
+    assert took < 5, f"docker stop of a frozen container took {took:.1f} s"
+    # The pool saw it go: the next invocation gets another container.
+    r = invoke(tenant, "to-stop")
+    assert container_of(r) != container, r.headers
+
+
 def test_a_log_past_the_limit_is_cut_by_the_scheduler(tenant: httpx.Client) -> None:
     r = deploy(tenant, "loud", function_zip(LOUD), {"timeout_s": 30})
     assert r.status_code == 201, r.text
