@@ -20,7 +20,8 @@ from runtime.broker.membership import Membership
 POOL_COUNTERS = (
     "warm_starts", "stem_starts", "cold_starts", "slow_starts", "init_errors", "lost", "expired",
     "evictions", "evictions_count", "evictions_memory", "evicted_stem_cells", "stem_cells_shrunk",
-    "reserve_evictions", "fair_share_releases",
+    "reserve_evictions", "fair_share_releases", "freezes", "thaws", "freeze_failures",
+    "thaw_failures",
 )
 FLOW_COUNTERS = {
     "promotions": "functions promoted to a dedicated queue",

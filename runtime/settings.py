@@ -83,6 +83,21 @@ class Settings(BaseSettings):
     # resize) took longer is marked slow, a sign of a host under pressure.
     slow_start_ms: Annotated[float, Field(gt=0, le=600_000)] = 1000.0
     container_start_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    # FNHOST_CONTAINER_LOG_BYTES: what Docker keeps of a container's own output (what a
+    # function writes to its file descriptors 1 and 2 directly, or from a thread outside
+    # an invocation; an invocation's captured logs are apart): one json-file log of at
+    # most this size per container, set in the create call; 0: Docker keeps none.
+    container_log_bytes: Annotated[int, Field(ge=0, le=1 << 30)] = 1 * MB
+    # FNHOST_FREEZE_IDLE: how a warm container is frozen between invocations, so that
+    # threads its function left running use no CPU while it idles: `cgroup` writes its
+    # cgroup's freezer file (v1 or v2; microseconds), `docker` pauses it through the
+    # engine (a round trip of ~10 ms to thaw), `auto` the first where the freezer file
+    # is found and writable, else the second; `off` never freezes. Stem cells run no
+    # function code and are never frozen.
+    freeze_idle: Literal["auto", "cgroup", "docker", "off"] = "auto"
+    # FNHOST_FREEZE_AFTER_S: a warm container idle this long is frozen (back-to-back
+    # invocations do not pay for it); it is thawed when it is claimed.
+    freeze_after_s: Annotated[float, Field(ge=0, le=3600)] = 0.1
     docker_threads: Annotated[int, Field(ge=1, le=256)] = 8
     sync_concurrency: Annotated[int, Field(ge=1, le=100000)] = 1024
     heartbeat_s: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -97,7 +112,14 @@ class Settings(BaseSettings):
     bundle_max_bytes: Annotated[int, Field(ge=1024)] = 50 * MB
     bundle_max_unpacked_bytes: Annotated[int, Field(ge=1024)] = 250 * MB
     bundle_max_entries: Annotated[int, Field(ge=1)] = 10000
-    log_limit_bytes: Annotated[int, Field(ge=4096, le=16 * MB)] = 256 * 1024
+    # FNHOST_LOG_LIMIT_BYTES: an invocation's captured logs, keeping the tail; at most
+    # 8 MB so that a task record (logs and up to 1 MB of result) stays below MongoDB's
+    # 16 MB document limit. The scheduler cuts what an agent sends beyond it.
+    log_limit_bytes: Annotated[int, Field(ge=4096, le=8 * MB)] = 256 * 1024
+    # FNHOST_RESULT_LIMIT_BYTES: a handler's return value, serialised; a larger one is a
+    # function error (Runtime.ResponseSizeTooLarge), whatever the agent reports. At most
+    # 8 MB: a destination record carries the result (in base64 when it is not JSON).
+    result_limit_bytes: Annotated[int, Field(ge=1024, le=8 * MB)] = 6 * MB
     sync_wait_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # FNHOST_DISCARD_BODY_MAX_BYTES, FNHOST_DISCARD_BODY_TIMEOUT_S: a request answered
     # before its body was read (401, 404, 413 ...) has the rest of its body read and

@@ -86,7 +86,10 @@ class MongoServer:
 class Platform:
     """A gateway and a scheduler as separate processes, as in production."""
 
-    def __init__(self, mongo_url: str, **settings: Any) -> None:
+    def __init__(self, mongo_url: str, root: Path = ROOT, **settings: Any) -> None:
+        """`root`: the checkout whose code the processes run (a benchmark may compare
+        another one's)."""
+        self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="fnhost-test-data-"))
@@ -125,7 +128,7 @@ class Platform:
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runtime.cli", role],
-                env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                env=env, cwd=self.root, stdout=log_file, stderr=subprocess.STDOUT,
             )
         self.procs[name] = proc
         return proc

@@ -40,6 +40,14 @@ def _engine_failure(doing: str) -> Iterator[None]:
         raise Unavailable(f"the Docker engine could not {doing}: {exc!s:.300}") from None
 
 
+def log_config(max_bytes: int) -> dict[str, Any]:
+    """The log driver of a function container: one json-file log of at most `max_bytes`
+    (Docker rotates it away when full), or none at all for 0."""
+    if max_bytes == 0:
+        return {"Type": "none", "Config": {}}
+    return {"Type": "json-file", "Config": {"max-size": str(max_bytes), "max-file": "1"}}
+
+
 @dataclass(frozen=True)
 class ExitInfo:
     exit_code: int | None
@@ -91,6 +99,11 @@ class DockerEngine:
             name=f"fnhost-{name}",
             user=c.CONTAINER_USER,
             labels={c.LABEL_ROLE: "function", c.LABEL_SCHEDULER: s.scheduler_id, c.LABEL_CELL: name},
+            # A container frozen through its cgroup (freezer.py) cannot take a SIGTERM
+            # until thawed, and Docker does not know it is frozen: `docker stop`, and the
+            # engine's own shutdown, would wait their whole timeout. The agent's SIGTERM
+            # handler only exits, so SIGKILL loses nothing.
+            stop_signal="SIGKILL",
             host_config=self.client.api.create_host_config(
                 binds={
                     str(cell_dir / "run"): {"bind": c.CONTAINER_RUN_DIR, "mode": "ro"},
@@ -106,6 +119,10 @@ class DockerEngine:
                 nano_cpus=int(s.container_cpus * 1e9),
                 network_mode="none",
                 init=False,
+                # Bounded here, not by the daemon's defaults (json-file without a cap):
+                # output a function writes around the agent's capture must not fill
+                # the disk that Docker shares with the broker and the database.
+                log_config=log_config(s.container_log_bytes),
             ),
         )
         docker_id: str = container["Id"]
@@ -150,6 +167,15 @@ class DockerEngine:
         except ENGINE_ERRORS as exc:
             log.info("could not remove container %s: %s", docker_id[:12], exc)
 
+    async def pause(self, docker_id: str) -> None:
+        """Freeze a container through the engine (its cgroup freezer, on the engine's side)."""
+        with _engine_failure("pause a container"):
+            await self._call(self.client.api.pause, docker_id)
+
+    async def unpause(self, docker_id: str) -> None:
+        with _engine_failure("unpause a container"):
+            await self._call(self.client.api.unpause, docker_id)
+
     async def kill(self, docker_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             await self._call(self.client.api.kill, docker_id)
@@ -189,7 +215,7 @@ class DockerEngine:
             OwnedContainer(
                 str(item["Id"]),
                 str((item.get("Labels") or {}).get(c.LABEL_CELL, "")),
-                item.get("State") == "running",
+                item.get("State") in ("running", "paused"),  # paused: frozen while idle
             )
             for item in found
         ]

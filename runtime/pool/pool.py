@@ -5,8 +5,8 @@ its stem policy asks for (`stems.py`), hands out containers for invocations
 (warm reuse, else a stem cell specialised on demand, else a cold start), bounds
 containers per function (`max_concurrency`) and per host (`max_containers`, and
 the sum of their memory limits within the host's budget, `memory.py`: idle
-containers are evicted to make room), and removes containers idle past the
-keep-alive period.
+containers are evicted to make room), freezes warm containers while they idle
+(`freezer.py`), and removes containers idle past the keep-alive period.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from runtime import constants as c
 from runtime.agent.protocol import SOCKET_NAME
 from runtime.errors import Throttled, Unavailable
 from runtime.pool import memory, select, share
-from runtime.pool.agent import AgentConnection, AgentGone, CellSocket
+from runtime.pool.agent import AgentBroke, AgentConnection, AgentGone, Answer, CellSocket
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine
 from runtime.pool.events import EngineEvents
+from runtime.pool.freezer import Freezer
 from runtime.pool.stems import StemPolicy
 from runtime.settings import Settings
 
@@ -128,6 +129,7 @@ class Pool:
         self._seq = itertools.count(1)
         self._closing = False
         self.counters: Counter[str] = Counter()
+        self._freezer = Freezer(settings, engine, self.counters)
         # Set while the engine answers and the pool has reconciled with what it runs;
         # no container is started while it is clear.
         self._up = asyncio.Event()
@@ -193,6 +195,7 @@ class Pool:
             task.cancel()
         # Let cancelled stem-cell starts unwind first, so none of them outlives close().
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._freezer.close()
         for container in list(self._containers.values()):
             if container.state is not State.REMOVING:
                 self.discard(container)
@@ -213,6 +216,7 @@ class Pool:
             "containers": dict(states),
             "memory_mb": {"budget": self.memory_budget_mb, "live": select.memory_in_use(containers)},
             "max_containers": self.max_containers,
+            "frozen": sum(1 for c in containers if self._freezer.frozen(c)),
             "stem_cells": {**self._stems.stats(), "idle": dict(idle)},
             **self.counters,
         }
@@ -253,6 +257,9 @@ class Pool:
             warm = select.warm(containers, spec.key)
             if warm is not None:
                 warm.to(State.BUSY)
+                if not await self._freezer.claim(warm):
+                    self.discard(warm)  # frozen and could not be thawed: gone, or the engine is
+                    continue
                 self.counters["warm_starts"] += 1
                 return Lease(warm, StartKind.WARM)
             at_limit = select.bound_count(containers, spec.key) >= spec.max_concurrency
@@ -412,7 +419,25 @@ class Pool:
             await self._engine.resize(container.docker_id, spec.memory_mb)
             resize_s = time.perf_counter() - begun
         assert container.agent is not None
-        header, logs = await container.agent.request(
+        try:
+            answer = await self._init(container.agent, spec)
+        except AgentBroke as exc:
+            # The function's import code runs in the agent's process: a broken answer is its.
+            self.counters["init_errors"] += 1
+            broke = {
+                "errorType": "Runtime.AgentError",
+                "errorMessage": f"the function's runtime broke the agent protocol: {exc}",
+                "stackTrace": [],
+            }
+            raise InitError(broke, b"", kind) from None
+        if not answer.header.get("ok"):
+            self.counters["init_errors"] += 1
+            error = answer.header.get("error")
+            raise InitError(error if isinstance(error, dict) else {}, answer.logs, kind)
+        return resize_s
+
+    async def _init(self, agent: AgentConnection, spec: Spec) -> Answer:
+        return await agent.call(
             {
                 "op": "init",
                 "handler": spec.handler,
@@ -423,12 +448,9 @@ class Pool:
                 "version": spec.key.version,
                 "memory_mb": spec.memory_mb,
                 "log_limit": self._settings.log_limit_bytes,
-            }
+            },
+            b"", result_limit=0, log_limit=self._settings.log_limit_bytes,
         )
-        if not header.get("ok"):
-            self.counters["init_errors"] += 1
-            raise InitError(header.get("error") or {}, logs, kind)
-        return resize_s
 
     def expect(self, memory_mb: int, concurrency: int) -> None:
         """A function that may bring `concurrency` invocations at once was deployed or
@@ -451,6 +473,7 @@ class Pool:
             self.discard(container)
         elif container.state is State.BUSY:
             container.to(State.READY)
+            self._freezer.idle(container)
             self._notify()
 
     def retire(self, tenant: str, function: str, revision: int | None) -> int:
@@ -475,6 +498,7 @@ class Pool:
         if container.state is State.REMOVING:
             return
         container.to(State.REMOVING)
+        self._freezer.forget(container)
         if container.agent is not None:
             container.agent.close()
         self._spawn(self._destroy(container))

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from runtime.errors import Unavailable
-from runtime.pool.agent import AgentGone
+from runtime.pool.agent import AgentBroke, AgentGone, Answer
 from runtime.pool.container import Container, FunctionKey, StartKind, State
 from runtime.pool.engine import DockerEngine, ExitInfo
 from runtime.pool.pool import InitError, Lease, Pool, Spec
@@ -63,12 +63,27 @@ class Invocation:
     attempt: int = 1
 
 
+def too_large(result_len: int, limit: int) -> dict[str, Any]:
+    return {
+        "errorType": "Runtime.ResponseSizeTooLarge",
+        "errorMessage": f"the function's result of {result_len} bytes is over the limit of {limit} bytes",
+        "stackTrace": [],
+    }
+
+
 class Invoker:
-    def __init__(self, pool: Pool, engine: DockerEngine, bundles: BundleCache, wait_s: float):
+    def __init__(
+        self, pool: Pool, engine: DockerEngine, bundles: BundleCache, wait_s: float,
+        *, result_limit: int, log_limit: int,
+    ):
         self._pool = pool
         self._engine = engine
         self._bundles = bundles
         self._wait_s = wait_s
+        # Enforced here on what the agent sends, whatever it reports: the agent runs
+        # in the function's process, and its function can change it.
+        self._result_limit = result_limit
+        self._log_limit = log_limit
 
     def spec(self, record: FunctionRecord) -> Spec:
         config = record.config
@@ -132,7 +147,10 @@ class Invoker:
             # A timeout scope, not wait_for: wait_for wraps the request in a task of
             # its own, one more task and turn of the event loop on every invocation.
             async with asyncio.timeout(timeout):
-                answer, body = await container.agent.request(header, invocation.payload)
+                answer = await container.agent.call(
+                    header, invocation.payload,
+                    result_limit=self._result_limit, log_limit=self._log_limit,
+                )
         except TimeoutError:
             self._pool.discard(container)
             error = {
@@ -143,6 +161,15 @@ class Invoker:
             return Outcome.failed(
                 TIMEOUT, error, run_ms=timeout * 1000, capacity_error=True, **common
             )
+        except AgentBroke as exc:
+            self._pool.discard(container)
+            error = {
+                "errorType": "Runtime.AgentError",
+                "errorMessage": f"the function's runtime broke the agent protocol: {exc}",
+                "stackTrace": [],
+            }
+            run_ms = (time.perf_counter() - started) * 1000
+            return Outcome.failed(FUNCTION_ERROR, error, run_ms=run_ms, retryable=False, **common)
         except AgentGone:
             run_ms = (time.perf_counter() - started) * 1000
             killed_here = _discarded(container) and not container.lost  # a stop
@@ -172,14 +199,22 @@ class Invoker:
             )
         run_ms = (time.perf_counter() - started) * 1000
         self._pool.release(container)
-        result_len = int(answer.get("result_len", 0))
-        logs = body[result_len:]
-        if answer.get("ok"):
+        return self._outcome(answer, run_ms, common)
+
+    def _outcome(self, answer: Answer, run_ms: float, common: dict[str, Any]) -> Outcome:
+        header, logs = answer.header, answer.logs
+        if answer.result_dropped:
+            error = too_large(answer.result_len, self._result_limit)
+            return Outcome.failed(
+                FUNCTION_ERROR, error, logs=logs, run_ms=run_ms, retryable=False, **common
+            )
+        if header.get("ok"):
             return Outcome(
-                OK, body[:result_len], str(answer.get("content_type")), logs=logs,
+                OK, answer.result, str(header.get("content_type")), logs=logs,
                 run_ms=run_ms, **common,
             )
+        reported = header.get("error")
         return Outcome.failed(
-            FUNCTION_ERROR, answer.get("error") or {}, logs=logs, run_ms=run_ms,
-            retryable=bool(answer.get("retryable", True)), **common,
+            FUNCTION_ERROR, reported if isinstance(reported, dict) else {}, logs=logs, run_ms=run_ms,
+            retryable=bool(header.get("retryable", True)), **common,
         )

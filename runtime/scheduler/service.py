@@ -56,7 +56,10 @@ class Scheduler:
         self.bundles = BundleCache(settings, self.functions)
         self.engine = DockerEngine(settings)
         self.pool = Pool(settings, self.engine)
-        self.invoker = Invoker(self.pool, self.engine, self.bundles, settings.sync_wait_s)
+        self.invoker = Invoker(
+            self.pool, self.engine, self.bundles, settings.sync_wait_s,
+            result_limit=settings.result_limit_bytes, log_limit=settings.log_limit_bytes,
+        )
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)

@@ -197,3 +197,12 @@ def test_linked_code_folders_are_readable_by_the_functions_user_whatever_the_uma
         os.umask(old)
     for folder in (dst / "pkg", dst / "pkg" / "sub"):
         assert folder.stat().st_mode & 0o777 == 0o755, oct(folder.stat().st_mode)
+
+
+def test_the_log_driver_is_bounded_in_the_create_call() -> None:
+    from runtime.pool.engine import log_config
+
+    assert log_config(1 << 20) == {
+        "Type": "json-file", "Config": {"max-size": str(1 << 20), "max-file": "1"}
+    }
+    assert log_config(0) == {"Type": "none", "Config": {}}

@@ -191,3 +191,26 @@ def test_cluster_token_from_admin_key_or_cluster_secret(monkeypatch: pytest.Monk
     assert from_secret != from_admin
     monkeypatch.delenv("FNHOST_ADMIN_KEY")
     assert load_settings().cluster_token == from_secret
+
+
+def test_hostile_tenant_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.container_log_bytes == 1 * MB
+    assert s.freeze_idle == "auto"
+    assert s.freeze_after_s == 0.1
+    assert s.result_limit_bytes == 6 * MB
+    monkeypatch.setenv("FNHOST_FREEZE_IDLE", "sometimes")
+    with pytest.raises(SettingsError, match="FNHOST_FREEZE_IDLE"):
+        load_settings()
+    monkeypatch.setenv("FNHOST_FREEZE_IDLE", "docker")
+    monkeypatch.setenv("FNHOST_CONTAINER_LOG_BYTES", "0")
+    s = load_settings()
+    assert (s.freeze_idle, s.container_log_bytes) == ("docker", 0)
+    # A task record holds its logs and up to 1 MB of result in one MongoDB document (16 MB).
+    monkeypatch.setenv("FNHOST_LOG_LIMIT_BYTES", str(16 * MB))
+    with pytest.raises(SettingsError, match="FNHOST_LOG_LIMIT_BYTES"):
+        load_settings()
+    monkeypatch.delenv("FNHOST_LOG_LIMIT_BYTES")
+    monkeypatch.setenv("FNHOST_RESULT_LIMIT_BYTES", str(9 * MB))
+    with pytest.raises(SettingsError, match="FNHOST_RESULT_LIMIT_BYTES"):
+        load_settings()
