@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
+from gateway.metrics import AUTH_REFUSED
 from gateway.state import Services
 from runtime.errors import Forbidden, Unauthorized
 
 ADMIN_PATHS = ("/v1/tenants",)
+# Under the admin paths, what a tenant may do for itself with its own key: its keys.
+OWN_KEYS = re.compile(r"^/v1/tenants/(?P<tenant>[^/]+)/keys(?:/[^/]+)?$")
 
 
 def bearer(scope: Scope) -> str | None:
@@ -37,15 +41,23 @@ class AuthMiddleware:
             err = Unauthorized("missing Authorization: Bearer <api key>")
             await error_response(err)(scope, receive, send)
             return
+        own = None
         if scope["path"].startswith(ADMIN_PATHS):
-            if self.admin_key is None or not hmac.compare_digest(token.encode(), self.admin_key):
+            if self.admin_key is not None and hmac.compare_digest(token.encode(), self.admin_key):
+                scope["admin"] = True
+                await self.app(scope, receive, send)
+                return
+            own = OWN_KEYS.match(scope["path"])
+            if own is None:
                 await error_response(Forbidden("this route needs the admin key"))(scope, receive, send)
                 return
-            scope["admin"] = True
-        else:
-            tenant = await self.services.tenant_for_key(token)
-            if tenant is None:
-                await error_response(Unauthorized("unknown API key"))(scope, receive, send)
-                return
-            scope["tenant"] = tenant
+        tenant = await self.services.tenant_for_key(token)
+        if tenant is None:
+            AUTH_REFUSED.inc()
+            await error_response(Unauthorized("unknown API key"))(scope, receive, send)
+            return
+        if own is not None and own["tenant"] != tenant.id:
+            await error_response(Forbidden("a tenant manages its own keys only"))(scope, receive, send)
+            return
+        scope["tenant"] = tenant
         await self.app(scope, receive, send)
