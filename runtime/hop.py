@@ -50,6 +50,10 @@ Handler = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 OP_PING, OP_PONG = "ping", "pong"
 # How long a new connection may take to authenticate before the scheduler drops it.
 HELLO_TIMEOUT_S = 10.0
+# What a connection may have sent of a frame not complete yet while it has not
+# authenticated (the handshake's frames are far smaller): a peer without the key
+# cannot make a scheduler hold a large frame for it.
+PRE_AUTH_MAX_BYTES = 4096
 # How long a gateway waits for a scheduler's challenge.
 CHALLENGE_TIMEOUT_S = 5.0
 # What the key of the handshake is derived for (Settings.cluster_key).
@@ -162,6 +166,13 @@ class _ServerSide(_Framed):
         super().connection_made(transport)
         self._server.connections.add(self)
         self._hello = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._authenticated and self._parser.pending > PRE_AUTH_MAX_BYTES:
+            log.warning("refused a sync link from %s: a large frame before the handshake",
+                        self._peer())
+            self.close()
 
     def frame_received(self, header: Header, body: bytes) -> None:
         if self._authenticated:

@@ -341,3 +341,19 @@ async def test_a_relay_to_a_real_scheduler_cannot_pass_its_proof_on() -> None:
         client.close()
         await relay.close()
         await server.close()
+
+
+async def test_a_peer_without_the_key_cannot_make_the_scheduler_hold_a_large_frame() -> None:
+    CALLS.clear()
+    server = HopServer(KEY, recording)
+    await server.start("127.0.0.1:0", None)
+    peer = await RawPeer.connect(server.address)
+    try:
+        # The prefix of a 60 MB frame, and its first 64 KB: dropped, not buffered to the end.
+        frame = frames.pack({"op": "hello", "nonce": new_nonce()}, b"x" * (60 << 20))
+        peer.writer.write(frame[: 64 << 10])
+        assert await peer.next_frame() is None
+        assert CALLS == [] and server.connections == set()
+    finally:
+        peer.close()
+        await server.close()
