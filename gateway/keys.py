@@ -40,6 +40,7 @@ class KeyRing:
         self._keys: dict[str, Tenant] = {}
         self._tenants: dict[str, Tenant] = {}
         self._revoked: dict[str, float] = {}  # digest -> when it was revoked
+        self._added: dict[str, float] = {}  # digest -> when an event or lookup added it
         self._looked_up: dict[str, float] = {}  # tenant id -> last lookup of a missing key
         self._task: asyncio.Task[None] | None = None
         self.lookups = 0  # database lookups of keys not in memory
@@ -56,10 +57,13 @@ class KeyRing:
             self._task.cancel()
 
     async def load(self) -> None:
-        """Replace the set with the database's; revocations heard meanwhile stand."""
+        """Replace the set with the database's; keys issued and revoked meanwhile stand."""
+        started = self._clock()
         snapshot = await self._store.all_keys()
         self._forget_tombstones()
-        self._keys = {d: t for d, t in snapshot.items() if d not in self._revoked}
+        added = {d: self._keys[d] for d, at in self._added.items() if at >= started and d in self._keys}
+        self._added = {d: at for d, at in self._added.items() if at >= started}
+        self._keys = {d: t for d, t in (snapshot | added).items() if d not in self._revoked}
         self._tenants = {t.id: t for t in snapshot.values()} | self._tenants
 
     def _forget_tombstones(self) -> None:
@@ -101,6 +105,7 @@ class KeyRing:
         if digest in self._revoked:
             return  # an event that overtook its revocation: keys are never issued twice
         self._keys[digest] = tenant
+        self._added[digest] = self._clock()
         self._tenants[tenant.id] = tenant
 
     def revoke(self, digest: str) -> None:

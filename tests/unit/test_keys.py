@@ -108,3 +108,21 @@ async def test_a_resync_reloads_what_events_would_have_said() -> None:
     assert await ring.tenant_for(issued) == ACME
     assert store.lookups == 0
     assert await ring.tenant_for(gone) is None
+
+
+async def test_a_reload_that_read_before_a_key_was_issued_keeps_it() -> None:
+    ring, store, clock = await ring_with(new_key())
+    issued = new_key()
+    store.snapshot = dict(store.keys)  # read before the key was stored
+
+    async def read_then_hear_the_event() -> dict[str, Tenant]:
+        snapshot = dict(store.snapshot or {})
+        clock.now += 0.01
+        await ring.on_control({"kind": c.CTL_KEY, "digest": hash_key(issued), "tenant": ACME.id,
+                               "name": ACME.name})
+        return snapshot
+
+    store.all_keys = read_then_hear_the_event  # type: ignore[method-assign]
+    await ring.load()
+    assert await ring.tenant_for(issued) == ACME
+    assert store.lookups == 0
