@@ -9,12 +9,17 @@ vhost, as the tests do) and measures, over `--seconds` each:
   named   the same with made-up keys that name the legitimate tenant
           (`fnk_<tenant>_...`), which a gateway may look up once a second.
 
+With the defaults the flood's source is held back past 20 failures a second
+(FNHOST_AUTH_FAILURES_PER_S, FNHOST_AUTH_HOLD_S); `--setting auth_hold_s=0`
+measures the keys held in memory alone.
+
 For each: the tenant's latency (p50, p90, p99), the flood's 401s per second, the CPU
 share (of one core) of the MongoDB-wire server and of the gateway, and the
 gateway's `fnhost_key_lookups_total` (database lookups of keys not in memory).
 
     .venv/bin/python bench/key_flood_bench.py [--seconds 10] [--connections 16]
         [--root OTHER_CHECKOUT]   # run that checkout's gateway and scheduler instead
+        [--setting NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -31,7 +36,18 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ADMIN_KEY, MongoServer, Settings, deploy, log, machine, own_platform, percentile, zip_dir
+from common import (
+    ADMIN_KEY,
+    MongoServer,
+    Settings,
+    deploy,
+    log,
+    machine,
+    own_platform,
+    parse_settings,
+    percentile,
+    zip_dir,
+)
 
 import tests.harness as harness
 
@@ -119,14 +135,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--root", type=Path, help="run the platform from this checkout")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an FNHOST_* setting of the platform, e.g. auth_hold_s=0")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed")
     if args.root is not None:
         harness.ROOT = args.root.resolve()  # where Platform starts `runtime.cli` from
     # The production stem pool, as bench_platform starts it.
-    settings = {n: Settings.model_fields[n].default
-                for n in ("stem_cells", "stem_cells_min", "stem_cells_max")}
+    settings: dict[str, object] = {n: Settings.model_fields[n].default
+                                   for n in ("stem_cells", "stem_cells_min", "stem_cells_max")}
+    settings.update(parse_settings(args.setting))
     mongo = MongoServer()
     mongo.start()
     assert mongo.proc is not None
@@ -139,7 +158,8 @@ def main() -> None:
             for _ in range(50):  # warm
                 client.post("/v1/functions/noop/invocations", content=b"{}")
             tenant = client.tenant_id  # type: ignore[attr-defined]
-            report = {**machine(), "root": str(harness.ROOT), "seconds": args.seconds,
+            report = {**machine(), "root": str(harness.ROOT), "settings": args.setting,
+                      "seconds": args.seconds,
                       "connections": args.connections, "phases": [
                           phase(name, platform.url, client, pids, args.seconds, prefix,
                                 args.connections, script_dir)

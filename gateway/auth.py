@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth_failures import FailedAuth
 from gateway.errors import error_response
-from gateway.metrics import AUTH_REFUSED
+from gateway.metrics import AUTH_HELD, AUTH_REFUSED
 from gateway.state import Services
 from runtime.errors import Forbidden, Unauthorized
 
@@ -31,6 +33,8 @@ class AuthMiddleware:
         self.services = services
         admin = services.settings.admin_key
         self.admin_key = admin.get_secret_value().encode() if admin is not None else None
+        settings = services.settings
+        self.failures = FailedAuth(settings.auth_failures_per_s, settings.auth_hold_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -54,6 +58,7 @@ class AuthMiddleware:
         tenant = await self.services.tenant_for_key(token)
         if tenant is None:
             AUTH_REFUSED.inc()
+            await self._hold(scope)
             await error_response(Unauthorized("unknown API key"))(scope, receive, send)
             return
         if own is not None and own["tenant"] != tenant.id:
@@ -61,3 +66,15 @@ class AuthMiddleware:
             return
         scope["tenant"] = tenant
         await self.app(scope, receive, send)
+
+    async def _hold(self, scope: Scope) -> None:
+        """The tarpit of a source that sends made-up keys (gateway/auth_failures.py)."""
+        client = scope.get("client")
+        hold_s = self.failures.note(str(client[0]) if client else "?")
+        if hold_s:
+            AUTH_HELD.inc()
+            self.failures.held += 1
+            try:
+                await asyncio.sleep(hold_s)
+            finally:
+                self.failures.held -= 1

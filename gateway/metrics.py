@@ -21,6 +21,10 @@ BURST_PROMOTIONS = Counter(
 AUTH_REFUSED = Counter(
     "fnhost_auth_refused_total", "Requests refused with 401 for an unknown or revoked API key"
 )
+AUTH_HELD = Counter(
+    "fnhost_auth_held_total",
+    "401s held back because their source sent too many unknown keys (gateway/auth_failures.py)",
+)
 KEY_LOOKUPS = Counter(
     "fnhost_key_lookups_total",
     "Database lookups of API keys this gateway does not hold in memory (see gateway/keys.py)",

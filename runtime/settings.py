@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # FNHOST_KEY_REFRESH_S: how often a gateway reloads every API key digest from the
     # database, the backstop of the control events that keep its set current.
     key_refresh_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # FNHOST_AUTH_FAILURES_PER_S, FNHOST_AUTH_HOLD_S: a source address past this many
+    # unknown API keys within a second has each further 401 held this long (0: never),
+    # so that a flood of made-up keys slows down to its connections' count a second.
+    auth_failures_per_s: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    auth_hold_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     # Limits.
     sync_payload_limit: Annotated[int, Field(ge=1024)] = 6 * MB
