@@ -55,7 +55,6 @@ class Services:
         await self.mongo.ensure_indexes()
         await self.tasks.ensure_indexes()
         await self.timers.ensure_indexes()
-        await self.keys.start()
         self.connection = await topology.connect(self.settings.amqp_url)
         self.publisher = InvokePublisher(self.connection)
         await self.publisher.start()
@@ -68,6 +67,8 @@ class Services:
         self.control.subscribe(self.membership.on_control)
         self.control.subscribe(self.keys.on_control)
         await self.control.start()
+        # Loaded once the bus listens: a key issued meanwhile is in the load or an event.
+        await self.keys.start()
         hints = WorkHints(self.control, hint_interval(self.settings))
         router = Router(self.functions, self.cache, self.publisher, self.connection)
         router.control = self.control
