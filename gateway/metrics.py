@@ -18,6 +18,17 @@ BURST_PROMOTIONS = Counter(
     "fnhost_burst_promotions_total",
     "Functions this gateway promoted to a dedicated queue on a burst of their submissions",
 )
+AUTH_REFUSED = Counter(
+    "fnhost_auth_refused_total", "Requests refused with 401 for an unknown or revoked API key"
+)
+AUTH_HELD = Counter(
+    "fnhost_auth_held_total",
+    "401s held back because their source sent too many unknown keys (gateway/auth_failures.py)",
+)
+KEY_LOOKUPS = Counter(
+    "fnhost_key_lookups_total",
+    "Database lookups of API keys this gateway does not hold in memory (see gateway/keys.py)",
+)
 INVOKE_SECONDS = Histogram(
     "fnhost_sync_invoke_seconds",
     "Time from sending a sync invocation to the scheduler to its reply",

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustConnection
 
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
+from gateway.keys import KeyRing
 from runtime.broker import topology
 from runtime.broker.backlog import BacklogMonitor
-from runtime.broker.control import ControlBus
+from runtime.broker.control import CONTROL_KEY, ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
@@ -20,33 +19,17 @@ from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.flow.backpressure import Backpressure
 from runtime.flow.burst import BurstDetector
-from runtime.hop import HopClient, HopProbe
+from runtime.hop import HOP_KEY, HopClient, HopProbe
 from runtime.settings import Settings
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
-from runtime.store.tenants import Tenant, TenantStore, hash_key
+from runtime.store.tenants import Tenant, TenantStore
 from runtime.store.timers import TimerStore
 from runtime.tasks.admission import RateLimiter
 from runtime.tasks.submit import Submitter
 from runtime.webhook_policy import WebhookPolicy
-
-
-@dataclass
-class KeyCache:
-    """API key digest -> tenant; bounded. Keys are never revoked yet, so no invalidation."""
-
-    max_entries: int = 100_000
-    entries: OrderedDict[str, Tenant] = field(default_factory=OrderedDict)
-
-    def get(self, digest: str) -> Tenant | None:
-        return self.entries.get(digest)
-
-    def put(self, digest: str, tenant: Tenant) -> None:
-        self.entries[digest] = tenant
-        if len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
 
 
 class Services:
@@ -58,7 +41,7 @@ class Services:
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
         self.cache = FunctionCache(self.functions)
-        self.keys = KeyCache()
+        self.keys = KeyRing(self.tenants, settings.key_refresh_s)
         self.webhook_policy = WebhookPolicy(settings.webhook_networks)
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         CLUSTER.membership = self.membership  # the schedulers' metrics, from their heartbeats
@@ -78,10 +61,16 @@ class Services:
         self.publisher = InvokePublisher(self.connection)
         await self.publisher.start()
         self.submitter = Submitter(self.tasks, self.timers, self.publisher)
-        self.control = ControlBus(self.connection, self.settings.cluster_id)
+        self.control = ControlBus(
+            self.connection, self.settings.cluster_id, self.settings.cluster_key(CONTROL_KEY),
+            self.settings.control_max_age_s,
+        )
         self.control.subscribe(self.cache.on_control)
         self.control.subscribe(self.membership.on_control)
+        self.control.subscribe(self.keys.on_control)
         await self.control.start()
+        # Loaded once the bus listens: a key issued meanwhile is in the load or an event.
+        await self.keys.start()
         hints = WorkHints(self.control, hint_interval(self.settings))
         router = Router(self.functions, self.cache, self.publisher, self.connection)
         router.control = self.control
@@ -92,7 +81,7 @@ class Services:
             self.bursts.note(tenant, function)
 
         self.publisher.on_published = published
-        self.hop = HopClient(self.settings.cluster_token)
+        self.hop = HopClient(self.settings.cluster_key(HOP_KEY))
         self.hop_probe = HopProbe(self.membership, self.hop, self.settings.heartbeat_s)
         self.hop_probe.start()
         self.backlog = BacklogMonitor(self.connection, self.backpressure, self.settings.backlog_poll_s)
@@ -109,6 +98,7 @@ class Services:
             self.hop.close()
         if hasattr(self, "submitter"):
             await self.submitter.close()
+        await self.keys.close()
         if hasattr(self, "control"):
             await self.control.close()
         if self.connection is not None:
@@ -117,10 +107,4 @@ class Services:
         await self.mongo.close()
 
     async def tenant_for_key(self, api_key: str) -> Tenant | None:
-        digest = hash_key(api_key)
-        tenant = self.keys.get(digest)
-        if tenant is None:
-            tenant = await self.tenants.by_key(api_key)
-            if tenant is not None:
-                self.keys.put(digest, tenant)
-        return tenant
+        return await self.keys.tenant_for(api_key)

@@ -53,6 +53,9 @@ H_TASK_MODE = "task_mode"
 H_CHAIN_DEPTH = "chain_depth"
 CTL_STOP_TASK = "stop-task"  # stop a running task: the scheduler running it kills its container
 CTL_TENANT = "tenant"  # a tenant (and its queue) exists: schedulers start consuming it
+# An API key was issued or revoked (`digest`, `tenant`, `revoked`): gateways update
+# the digests they hold.
+CTL_KEY = "key"
 # Never sent: each process's control bus hands it to its own handlers when it is back
 # from a broker outage, during which events may have been missed.
 CTL_RESYNC = "resync"

@@ -46,6 +46,11 @@ class FrameParser:
         self._buf = bytearray()
         self._lengths: tuple[int, int] | None = None  # of the frame being read
 
+    @property
+    def pending(self) -> int:
+        """Bytes received of frames not complete yet."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data

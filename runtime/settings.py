@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import socket
 from pathlib import Path
@@ -101,6 +102,18 @@ class Settings(BaseSettings):
     docker_threads: Annotated[int, Field(ge=1, le=256)] = 8
     sync_concurrency: Annotated[int, Field(ge=1, le=100000)] = 1024
     heartbeat_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # FNHOST_CONTROL_MAX_AGE_S: a control event (heartbeat, key revoked ...) stamped
+    # further than this from the receiver's clock is dropped: a replay, or a host
+    # whose clock is off.
+    control_max_age_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # FNHOST_KEY_REFRESH_S: how often a gateway reloads every API key digest from the
+    # database, the backstop of the control events that keep its set current.
+    key_refresh_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # FNHOST_AUTH_FAILURES_PER_S, FNHOST_AUTH_HOLD_S: a source address past this many
+    # unknown API keys within a second has each further 401 held this long (0: never),
+    # so that a flood of made-up keys slows down to its connections' count a second.
+    auth_failures_per_s: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    auth_hold_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     # Limits.
     sync_payload_limit: Annotated[int, Field(ge=1024)] = 6 * MB
@@ -286,13 +299,18 @@ class Settings(BaseSettings):
 
     @property
     def cluster_token(self) -> str:
-        """What gateways show schedulers on the sync link: from the cluster secret or admin key."""
+        """The root of the cluster's keys (cluster_key), from the cluster secret or admin key."""
         secret = self.cluster_secret or self.admin_key
         if secret is None:
             raise SettingsError(
                 "FNHOST_CLUSTER_SECRET: set it (or FNHOST_ADMIN_KEY) on gateways and schedulers"
             )
         return hashlib.sha256(f"fnhost-cluster:{secret.get_secret_value()}".encode()).hexdigest()
+
+    def cluster_key(self, purpose: str) -> bytes:
+        """A key of its own for each use of the cluster secret (signing control
+        events, the sync hop's handshake): never sent, only used for HMACs."""
+        return hmac.new(self.cluster_token.encode(), f"fnhost {purpose}".encode(), hashlib.sha256).digest()
 
     @property
     def cluster_id(self) -> str:

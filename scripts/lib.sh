@@ -137,7 +137,7 @@ _start_rabbitmq_detached() {
     fi
 }
 
-# RabbitMQ on 127.0.0.1:5672 (guest/guest): reuse a running broker, else
+# RabbitMQ on 127.0.0.1:5672: reuse a running broker, else
 # start rabbitmq-server detached and wait for it (up to 120 s). No plugin is
 # enabled. A broker started here gets FNHOST_RABBITMQ_NOFILE open files: with
 # the common default of 1024, a vhost start under test load blocked on file
@@ -174,12 +174,13 @@ ensure_rabbitmq() {
         die "rabbitmq did not finish starting; see /var/log/rabbitmq/"
 }
 
-# ensure_vhost NAME: the RabbitMQ vhost NAME exists and guest may use it fully.
+# ensure_vhost NAME [USER]: the RabbitMQ vhost NAME exists and USER (default
+# guest) may use it fully.
 ensure_vhost() {
-    local vhost=$1
-    # One call answers both questions: guest has permissions on NAME only if
+    local vhost=$1 user=${2:-guest}
+    # One call answers both questions: USER has permissions on NAME only if
     # NAME exists.
-    if rabbitmqctl -s list_user_permissions guest 2>/dev/null |
+    if rabbitmqctl -s list_user_permissions "$user" 2>/dev/null |
         awk -F'\t' -v v="$vhost" '$1 == v { found = 1 } END { exit !found }'; then
         step "rabbitmq vhost $vhost: present"
         return
@@ -193,7 +194,64 @@ ensure_vhost() {
         printf '%s\n' "$out" >&2
         die "could not create the rabbitmq vhost $vhost"
     fi
-    rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
+    rabbitmqctl -q set_permissions -p "$vhost" "$user" ".*" ".*" ".*" >/dev/null
+}
+
+# The platform's RabbitMQ account (scripts/up): a user of its own, not guest.
+FNHOST_RABBITMQ_USER="${FNHOST_RABBITMQ_USER:-fnhost}"
+FNHOST_RABBITMQ_VHOST="${FNHOST_RABBITMQ_VHOST:-fnhost}"
+
+# rabbitmq_user_exists USER
+rabbitmq_user_exists() {
+    rabbitmqctl -s list_users 2>/dev/null |
+        awk -F'\t' -v u="$1" '$1 == u { found = 1 } END { exit !found }'
+}
+
+# ensure_platform_amqp: the platform's RabbitMQ user FNHOST_RABBITMQ_USER with
+# a password generated once and kept in $FNHOST_DATA_DIR/rabbitmq-password
+# (mode 0600), allowed on the vhost FNHOST_RABBITMQ_VHOST only (guest gets no
+# permission there), and FNHOST_AMQP_URL exported with it. A FNHOST_AMQP_URL
+# already set is kept as it is. Passwords go to rabbitmqctl on its standard
+# input, never on a command line (which `ps` shows to every user).
+ensure_platform_amqp() {
+    if [[ -n ${FNHOST_AMQP_URL:-} ]]; then
+        step "rabbitmq user: FNHOST_AMQP_URL is set, using it"
+        return
+    fi
+    [[ -n ${FNHOST_DATA_DIR:-} ]] || die "FNHOST_DATA_DIR is not set"
+    local user=$FNHOST_RABBITMQ_USER vhost=$FNHOST_RABBITMQ_VHOST
+    local file="$FNHOST_DATA_DIR/rabbitmq-password" password
+    if [[ ! -s $file ]]; then
+        step "rabbitmq user $user: generating a password in $file"
+        # 24 random bytes as hex: nothing to escape in a URL. Written under
+        # umask 077 and renamed into place, so it is never readable by others
+        # nor seen half-written.
+        (
+            umask 077
+            od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file.new" &&
+                mv -f "$file.new" "$file"
+        ) || die "could not write $file"
+    fi
+    chmod 600 "$file"
+    password="$(<"$file")"
+    [[ $password =~ ^[0-9a-f]{48}$ ]] || die "$file does not hold a generated password (remove it to make a new one)"
+    if ! rabbitmq_user_exists "$user"; then
+        step "rabbitmq user $user: creating"
+        # add_user fails when another run has just made the user: the
+        # password check below settles it.
+        printf '%s' "$password" | rabbitmqctl -q add_user "$user" >/dev/null 2>&1 ||
+            rabbitmq_user_exists "$user" || die "could not create the rabbitmq user $user"
+    fi
+    if ! printf '%s' "$password" | rabbitmqctl -q authenticate_user "$user" >/dev/null 2>&1; then
+        # The user was made with another password file (a data directory
+        # removed since): this one is the password now.
+        step "rabbitmq user $user: setting the password from $file"
+        printf '%s' "$password" | rabbitmqctl -q change_password "$user" >/dev/null ||
+            die "could not set the password of the rabbitmq user $user"
+    fi
+    ensure_vhost "$vhost" "$user"
+    export FNHOST_AMQP_URL="amqp://$user:$password@127.0.0.1:5672/$vhost"
+    step "rabbitmq user $user: ready on vhost $vhost"
 }
 
 # Print the name of a Python 3.11 interpreter on PATH.

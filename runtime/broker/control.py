@@ -1,7 +1,15 @@
 """The control bus: a fanout exchange every gateway and scheduler listens on.
 
-It carries cache invalidations (a function changed or was deleted) and
-scheduler heartbeats. Messages are small JSON objects with a `kind`.
+It carries cache invalidations (a function changed or was deleted), API keys
+issued and revoked, and scheduler heartbeats. Messages are small JSON objects
+with a `kind`.
+
+Anyone allowed on the broker could publish on the exchange, so every event is
+signed: an HMAC-SHA256, keyed by a key derived from the cluster secret, over
+the time it was sent and its body, both in the message's headers. Receivers drop
+an event whose MAC does not match, or whose time is further than
+`max_age_s` from their clock (a replay): a forged heartbeat names no scheduler,
+a forged key event changes no key.
 
 Events broadcast while a process was cut from the broker never reach it; so when
 its connection is restored, its handlers get a local `resync` event and reload
@@ -11,7 +19,10 @@ what such events would have told them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,15 +43,33 @@ PUBLISH_TIMEOUT_S = 5.0
 MAX_LATER = 10_000
 LATER_RETRY_S = 1.0
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+# What the key that signs control events is derived for (Settings.cluster_key).
+CONTROL_KEY = "control events"
+# Message headers of a signed event: its MAC and when it was sent (ms since the epoch).
+H_MAC, H_SENT_MS = "mac", "sent_ms"
+# A flood of forged events is logged at most once per this long.
+DROP_LOG_S = 60.0
+
+
+def event_mac(key: bytes, sent_ms: int, body: bytes) -> str:
+    """The MAC of one control event: over its send time and its body, as sent."""
+    return hmac.new(key, b"%d\n" % sent_ms + body, hashlib.sha256).hexdigest()
 
 
 class ControlBus:
     """Every event carries the cluster id; events of other clusters sharing the
-    broker (another deployment, a test run) are dropped on arrival."""
+    broker (another deployment, a test run) are dropped on arrival, and so are
+    events of this cluster that are not signed with `key` or are stale."""
 
-    def __init__(self, connection: AbstractRobustConnection, cluster: str) -> None:
+    def __init__(self, connection: AbstractRobustConnection, cluster: str, key: bytes,
+                 max_age_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self._connection = connection
         self._cluster = cluster
+        self._key = key
+        self._max_age_ms = max_age_s * 1000
+        self._clock = clock
+        self.dropped = 0  # events of this cluster refused: unsigned, forged or stale
+        self._dropped_logged = float("-inf")
         self._handlers: list[Handler] = []
         self._exchange: AbstractExchange | None = None
         self._later: RetryLater[tuple[str, dict[str, Any]]] = RetryLater(
@@ -66,9 +95,12 @@ class ControlBus:
         """Broadcast an event; Unavailable when the broker cannot take it (down, restarting)."""
         assert self._exchange is not None, "ControlBus.start() first"
         body = orjson.dumps({"kind": kind, **fields, "cluster": self._cluster})
+        sent_ms = int(self._clock() * 1000)
+        headers: dict[str, Any] = {H_MAC: event_mac(self._key, sent_ms, body), H_SENT_MS: sent_ms}
         try:
             await asyncio.wait_for(
-                self._exchange.publish(aio_pika.Message(body), routing_key=""), PUBLISH_TIMEOUT_S
+                self._exchange.publish(aio_pika.Message(body, headers=headers), routing_key=""),
+                PUBLISH_TIMEOUT_S,
             )
         except BROKER_ERRORS as exc:
             raise Unavailable(f"the message broker is unreachable: {exc!s:.200}") from None
@@ -101,9 +133,34 @@ class ControlBus:
             return
         if not isinstance(event, dict) or event.get("cluster") != self._cluster:
             return
+        problem = self.check(message.body, message.headers or {})
+        if problem is not None:
+            self._drop(str(event.get("kind")), problem)
+            return
         if event.get("kind") == c.CTL_RESYNC:
             return  # local only: not taken from the wire
         await self._dispatch(event)
+
+    def check(self, body: bytes, headers: dict[str, Any]) -> str | None:
+        """Why an event of this cluster is refused (None: signed with the cluster's key, and fresh)."""
+        mac, sent_ms = headers.get(H_MAC), headers.get(H_SENT_MS)
+        if not isinstance(mac, str | bytes) or not isinstance(sent_ms, int) or isinstance(sent_ms, bool):
+            return "unsigned"
+        expected = event_mac(self._key, sent_ms, body)
+        given = mac.encode() if isinstance(mac, str) else bytes(mac)
+        if not hmac.compare_digest(given, expected.encode()):
+            return "bad signature"
+        if abs(self._clock() * 1000 - sent_ms) > self._max_age_ms:
+            return "stale"
+        return None
+
+    def _drop(self, kind: str, problem: str) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= DROP_LOG_S:
+            self._dropped_logged = now
+            log.warning("dropped a control event %r of this cluster (%s): %d so far",
+                        kind[:40], problem, self.dropped)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         for handler in self._handlers:

@@ -11,7 +11,7 @@ from typing import Any
 from runtime import constants as c
 from runtime.broker import topology
 from runtime.broker.backlog import BacklogMonitor
-from runtime.broker.control import ControlBus
+from runtime.broker.control import CONTROL_KEY, ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
 from runtime.broker.membership import Membership
 from runtime.broker.publisher import InvokePublisher
@@ -19,7 +19,7 @@ from runtime.broker.routing import Router
 from runtime.cache import FunctionCache
 from runtime.destinations import Destinations
 from runtime.flow.backpressure import Backpressure
-from runtime.hop import HopServer
+from runtime.hop import HOP_KEY, HopServer
 from runtime.outbox import Outbox
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
@@ -110,7 +110,10 @@ class Scheduler:
             running_write_delay_s=self.settings.running_write_delay_s,
             max_window=self.pool.max_containers,
         )
-        self.control = ControlBus(self.connection, self.settings.cluster_id)
+        self.control = ControlBus(
+            self.connection, self.settings.cluster_id, self.settings.cluster_key(CONTROL_KEY),
+            self.settings.control_max_age_s,
+        )
         self.router.control = self.control
         hints = WorkHints(self.control, hint_interval(self.settings))
         self.publisher.on_published = lambda tenant, _function: hints.note(tenant)
@@ -134,7 +137,7 @@ class Scheduler:
         self.expiry = ExpirySweep(self.tasks, self.settings.expiry_sweep_s)
         self.expiry.start()
         self.hop = HopServer(
-            self.settings.cluster_token,
+            self.settings.cluster_key(HOP_KEY),
             SyncHandler(self.cache, self.invoker, self.settings.sync_concurrency)
         )
         await self.hop.start(self.settings.scheduler_bind, self.settings.scheduler_advertise)

@@ -29,7 +29,7 @@ class FlakyExchange:
 @pytest.fixture
 def bus(monkeypatch: pytest.MonkeyPatch) -> ControlBus:
     monkeypatch.setattr(control, "LATER_RETRY_S", 0.01)
-    return ControlBus(connection=None, cluster="c1")  # type: ignore[arg-type]
+    return ControlBus(connection=None, cluster="c1", key=b"k")  # type: ignore[arg-type]
 
 
 async def test_sent_at_once_when_the_broker_takes_it(bus: ControlBus) -> None:
