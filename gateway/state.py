@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractRobustConnection
 from gateway.backlog import BacklogMonitor
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
+from gateway.quotas import QuotaKeeper
 from gateway.throttle import RateLimiter
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
@@ -29,6 +30,7 @@ from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore, hash_key
 from runtime.store.timers import TimerStore
+from runtime.store.usage import UsageStore
 from runtime.tasks.submit import Submitter
 
 
@@ -95,8 +97,15 @@ class Services:
         self.hop_probe.start()
         self.backlog = BacklogMonitor(self.connection, self.backpressure, self.settings.backlog_poll_s)
         self.backlog.start()
+        self.quotas = QuotaKeeper(
+            self.settings, self.tenants, UsageStore(self.mongo, self.settings.task_retention_s),
+            self.connection, self.backpressure,
+        )
+        self.quotas.start()
 
     async def stop(self) -> None:
+        if hasattr(self, "quotas"):
+            await self.quotas.close()
         if hasattr(self, "backlog"):
             await self.backlog.close()
         if hasattr(self, "bursts"):

@@ -33,6 +33,7 @@ from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.tasks import TaskStore
 from runtime.store.timers import TimerStore
+from runtime.store.usage import RecordBytes, UsageStore
 from runtime.tasks.submit import Submission, Submitter
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class Scheduler:
         self.invoker = Invoker(self.pool, self.engine, self.bundles, settings.sync_wait_s)
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
+        self.record_bytes = RecordBytes(
+            UsageStore(self.mongo, settings.task_retention_s), settings.quota_refresh_s
+        )
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = time.time()
@@ -89,7 +93,9 @@ class Scheduler:
             self.flow, self.router,
             running_write_delay_s=self.settings.running_write_delay_s,
             max_window=self.pool.max_containers,
+            record_bytes=self.record_bytes,
         )
+        self.record_bytes.start()
         self.control = ControlBus(self.connection, self.settings.cluster_id)
         self.router.control = self.control
         hints = WorkHints(self.control, hint_interval(self.settings))
@@ -220,6 +226,7 @@ class Scheduler:
             await self.destinations.close()
         if hasattr(self, "submitter"):
             await self.submitter.close()
+        await self.record_bytes.close()
         self.engine.close()
         await self.mongo.close()
 

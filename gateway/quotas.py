@@ -1,0 +1,232 @@
+"""The gateway's view of each tenant's usage against its quotas.
+
+Checks on function uploads and config changes read the store when they run (those
+requests are rare). The async submit path must not: there a tenant's queued tasks
+and task-record bytes come from a view in memory, read when the tenant first
+submits here and then every FNHOST_QUOTA_REFRESH_S while it keeps submitting, with
+what this gateway admitted since the reading added on top. So a submission costs
+no round trip, and the view is behind by what other gateways admitted since their
+last reading: over all gateways, a tenant can pass a quota by at most what they
+admit in one refresh interval.
+
+Queued tasks are those not started yet: the ready messages of the tenant's queue
+(a passive declare) and of its functions' dedicated queues (read by back-pressure),
+plus its timers (delayed tasks, retries waiting for their backoff, parked tasks).
+Messages a scheduler holds (prefetched, running) are not counted: that is bounded
+by the schedulers' prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aio_pika.abc import AbstractRobustConnection
+
+from runtime import constants as c
+from runtime import quotas as q
+from runtime.broker.topology import DepthReader
+from runtime.flow.backpressure import Backpressure
+from runtime.models import FunctionConfig
+from runtime.settings import Settings
+from runtime.store.functions import FunctionRecord
+from runtime.store.tenants import TenantStore
+from runtime.store.usage import RecordBytes, UsageStore
+
+log = logging.getLogger(__name__)
+# A tenant that has not submitted here for this long is no longer read.
+IDLE_S = 300.0
+DECLARE_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _View:
+    quotas: q.Quotas
+    queued: int = 0  # at the last reading
+    record_bytes: int = 0
+    added: int = 0  # admitted here since that reading began
+    added_bytes: int = 0
+    used_at: float = field(default_factory=time.monotonic)
+
+
+class QuotaKeeper:
+    def __init__(
+        self, settings: Settings, tenants: TenantStore, usage: UsageStore,
+        connection: AbstractRobustConnection, backpressure: Backpressure,
+    ) -> None:
+        self._settings = settings
+        self._defaults = q.defaults(settings)
+        self._tenants = tenants
+        self.usage = usage
+        self.record_bytes = RecordBytes(usage, settings.quota_refresh_s)
+        self._backpressure = backpressure
+        self._depths = DepthReader(connection, DECLARE_TIMEOUT_S)
+        self._views: dict[str, _View] = {}
+        self._loading: dict[str, asyncio.Task[_View]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.record_bytes.start()
+        self._task = asyncio.create_task(self._loop(), name="quota-views")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.record_bytes.close()
+        await self._depths.close()
+
+    async def quotas(self, tenant: str) -> q.Quotas:
+        """The tenant's quotas now (the defaults with the admin's overrides)."""
+        return q.effective(self._defaults, await self._tenants.quotas(tenant))
+
+    # -- the async submit path ---------------------------------------------------
+
+    async def admit_task(self, record: FunctionRecord, payload_bytes: int) -> None:
+        """Count one task against the queued-task (and, in task mode, record-byte)
+        quota, or refuse it (429 QuotaExceeded). Undo with `release` when the task is
+        not accepted after all."""
+        view = self._views.get(record.tenant)
+        if view is None:
+            view = await self._load(record.tenant)
+        view.used_at = time.monotonic()
+        quotas = view.quotas
+        q.check_count(q.QUEUED_TASKS, view.queued + view.added, 1, quotas[q.QUEUED_TASKS])
+        if record.config.async_.task_mode:
+            q.check_count(q.TASK_RECORD_BYTES, view.record_bytes + view.added_bytes, payload_bytes,
+                          quotas[q.TASK_RECORD_BYTES])
+            view.added_bytes += payload_bytes
+        view.added += 1
+
+    def release(self, record: FunctionRecord, payload_bytes: int) -> None:
+        view = self._views.get(record.tenant)
+        if view is None:
+            return
+        view.added = max(0, view.added - 1)
+        if record.config.async_.task_mode:
+            view.added_bytes = max(0, view.added_bytes - payload_bytes)
+
+    def accepted(self, record: FunctionRecord, created_at: datetime | None, payload_bytes: int) -> None:
+        """An accepted task's record keeps its payload for the retention (task mode)."""
+        if record.config.async_.task_mode and created_at is not None:
+            self.record_bytes.add(record.tenant, created_at, payload_bytes)
+
+    # -- readings ----------------------------------------------------------------
+
+    async def queued_tasks(self, tenant: str) -> int:
+        """A reading of the tenant's tasks not started yet (see the module's doc)."""
+        depth = 0
+        try:
+            reading = await self._depths.read(c.tenant_queue(tenant))
+        except Exception as exc:  # the broker is down: its publishes fail anyway
+            log.debug("reading the depth of tenant %s's queue failed: %s", tenant, exc)
+            reading = None
+        if reading is not None:
+            depth += reading[0]
+        own = f"fnhost.f.{tenant}."
+        for queue in self._backpressure.watched():
+            gauge = self._backpressure.gauge(queue)
+            if queue.startswith(own) and gauge is not None:
+                depth += gauge.depth
+        return depth + await self.usage.waiting_timers(tenant)
+
+    async def task_record_bytes(self, tenant: str) -> int:
+        return await self.usage.task_record_bytes(tenant) + self.record_bytes.pending(tenant)
+
+    async def _load(self, tenant: str) -> _View:
+        """The first reading of a tenant here; concurrent first submissions share it."""
+        loading = self._loading.get(tenant)
+        if loading is None:
+            loading = asyncio.create_task(self._first_reading(tenant))
+            self._loading[tenant] = loading
+            loading.add_done_callback(lambda _t: self._loading.pop(tenant, None))
+        return await asyncio.shield(loading)
+
+    async def _first_reading(self, tenant: str) -> _View:
+        view = _View(quotas=self._defaults)
+        await self._read(tenant, view)
+        self._views[tenant] = self._views.get(tenant) or view
+        return self._views[tenant]
+
+    async def _read(self, tenant: str, view: _View) -> None:
+        added, added_bytes = view.added, view.added_bytes
+        quotas = await self.quotas(tenant)
+        queued = await self.queued_tasks(tenant)
+        record_bytes = await self.task_record_bytes(tenant)
+        view.quotas, view.queued, view.record_bytes = quotas, queued, record_bytes
+        # What was admitted before the reading began is in it (those accepted) or was
+        # released; what came since stays on top until the next reading.
+        view.added = max(0, view.added - added)
+        view.added_bytes = max(0, view.added_bytes - added_bytes)
+
+    async def _loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._settings.quota_refresh_s)
+            now = time.monotonic()
+            for tenant, view in list(self._views.items()):
+                if now - view.used_at > IDLE_S:
+                    del self._views[tenant]
+                    continue
+                try:
+                    await self._read(tenant, view)
+                    failing = False
+                except Exception as exc:
+                    if not failing:  # once per outage, not every round
+                        log.warning("reading tenant usage failed (%s): quota views are stale "
+                                    "until it works again", exc)
+                    failing = True
+                    break
+
+    # -- function uploads and config changes -------------------------------------
+
+    async def check_upload(
+        self, tenant: str, name: str, existing: FunctionRecord | None, config: FunctionConfig,
+        *, sha256: str, version: str, size: int,
+    ) -> None:
+        """An upload's quotas, before anything of it is stored: a new function, a new
+        version, a new bundle's bytes (413 when it alone would pass the quota) and the
+        queue destinations its config names. Two uploads at the same instant can both
+        pass a quota's last unit (each reads before the other writes)."""
+        quotas = await self.quotas(tenant)
+        if existing is None:
+            q.check_count(q.FUNCTIONS, await self.usage.functions(tenant), 1, quotas[q.FUNCTIONS])
+        if not await self.usage.version_stored(tenant, name, version):
+            q.check_count(q.VERSIONS, await self.usage.versions(tenant), 1, quotas[q.VERSIONS])
+        if not await self.usage.bundle_stored(tenant, sha256):
+            q.check_bytes(q.BUNDLE_BYTES, await self.usage.bundle_bytes(tenant), size,
+                          quotas[q.BUNDLE_BYTES])
+        await self.check_config(tenant, name, existing, config, quotas)
+
+    async def check_config(
+        self, tenant: str, name: str, existing: FunctionRecord | None, config: FunctionConfig,
+        quotas: q.Quotas | None = None,
+    ) -> None:
+        """The queue destinations a function's new config names."""
+        wanted = q.queue_destinations(config)
+        current = q.queue_destinations(existing.config) if existing is not None else set()
+        if not wanted - current:
+            return  # nothing new: no read
+        quotas = quotas or await self.quotas(tenant)
+        others = await self.usage.queue_destinations(tenant, besides=name)
+        q.check_destinations(others, current, wanted, quotas[q.QUEUE_DESTINATIONS])
+
+    # -- the usage endpoints -----------------------------------------------------
+
+    async def report(self, tenant: str) -> dict[str, Any]:
+        """`{"usage": {...}, "quotas": {...}}`, every figure read now."""
+        usage = {
+            q.FUNCTIONS: await self.usage.functions(tenant),
+            q.BUNDLE_BYTES: await self.usage.bundle_bytes(tenant),
+            q.VERSIONS: await self.usage.versions(tenant),
+            q.QUEUED_TASKS: await self.queued_tasks(tenant),
+            q.TASK_RECORD_BYTES: await self.task_record_bytes(tenant),
+            q.QUEUE_DESTINATIONS: len(await self.usage.queue_destinations(tenant)),
+        }
+        return {"usage": usage, "quotas": await self.quotas(tenant)}
