@@ -86,6 +86,13 @@ class QuotaKeeper:
         """The tenant's quotas now (the defaults with the admin's overrides)."""
         return q.effective(self._defaults, await self._tenants.quotas(tenant))
 
+    def overridden(self, tenant: str, quotas: q.Quotas) -> None:
+        """The admin changed the tenant's quotas through this gateway: used here at once
+        (other gateways read them within FNHOST_QUOTA_REFRESH_S)."""
+        view = self._views.get(tenant)
+        if view is not None:
+            view.quotas = dict(quotas)
+
     # -- the async submit path ---------------------------------------------------
 
     async def admit_task(self, record: FunctionRecord, payload_bytes: int) -> None:

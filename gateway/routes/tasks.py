@@ -144,6 +144,9 @@ async def retry_task(request: Request) -> JSONResponse:
     record = await services.cache.get(tenant.id, doc["function"])
     if record is None:
         raise NotFound(f"function {doc['function']!r} not found")
+    # Queued again: it counts against the tenant's queued tasks (its record's bytes
+    # are counted already).
+    await services.quotas.admit_task(record, 0)
     now = datetime.now(UTC)
     # Created anew, so kept for the retention period from now (as a new task would be).
     expire_at = now + timedelta(seconds=services.settings.task_retention_s)
@@ -153,6 +156,7 @@ async def retry_task(request: Request) -> JSONResponse:
                 "destination": None, "error": None},
     )
     if updated is None:
+        services.quotas.release(record, 0)
         raise Conflict(f"task {doc['task_id']!r} changed meanwhile; try again")
     headers = message_headers(
         tenant=tenant.id, function=doc["function"], task_id=doc["task_id"],
@@ -165,6 +169,7 @@ async def retry_task(request: Request) -> JSONResponse:
     except Exception:
         # Not queued: the task is as it was (the caller may retry it again), never
         # Enqueued without a message.
+        services.quotas.release(record, 0)
         await services.tasks.undo_redrive(doc)
         raise
     return JSONResponse(describe(updated), status_code=202)

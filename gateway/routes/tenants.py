@@ -61,6 +61,7 @@ async def patch_tenant(request: Request) -> JSONResponse:
     tenant, _ = await services.tenants.get(request.path_params["tenant_id"])
     overrides = await services.tenants.set_quotas(tenant.id, changes)
     report = await services.quotas.report(tenant.id)
+    services.quotas.overridden(tenant.id, report["quotas"])
     return JSONResponse({"id": tenant.id, "name": tenant.name, **report, "overrides": overrides})
 
 

@@ -308,3 +308,18 @@ def test_a_queue_declared_without_a_limit_is_bounded_too(
     assert [d["status"] for d in statuses] == ["delivered"] * QUEUE_MAX + ["failed"], statuses
     assert "full" in statuses[-1]["error"], statuses[-1]
     assert len(read_queue(quota_platform.env["FNHOST_AMQP_URL"], queue, QUEUE_MAX)) == QUEUE_MAX
+
+
+def test_a_retried_task_counts_as_queued(quota_platform: Platform, client: httpx.Client) -> None:
+    source = "def handler(event, context):\n    raise RuntimeError('on purpose')\n"
+    r = deploy(client, "fails", function_zip(source), {"async": {"max_retry_attempts": 0}})
+    assert r.status_code == 201, r.text
+    task_id = submit_event(client, "fails", {"n": 1}).headers["X-Task-Id"]
+    assert wait_task(client, task_id, timeout=60)["status"] == "Failed"
+    set_quotas(quota_platform, tenant_id(client), {"queued_tasks": 1})
+    assert submit_event(client, "fails", {"n": 2}, headers={"X-Delay-Seconds": "3600"}).status_code == 202
+    quota_error(client.post(f"/v1/tasks/{task_id}/retry"), 429, "queued_tasks")
+    assert client.get(f"/v1/tasks/{task_id}").json()["status"] == "Failed"
+    set_quotas(quota_platform, tenant_id(client), {"queued_tasks": 2})
+    time.sleep(REFRESH_S * 5)
+    assert client.post(f"/v1/tasks/{task_id}/retry").status_code == 202
