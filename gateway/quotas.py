@@ -2,18 +2,24 @@
 
 Checks on function uploads and config changes read the store when they run (those
 requests are rare). The async submit path must not: there a tenant's queued tasks
-and task-record bytes come from a view in memory, read when the tenant first
-submits here and then every FNHOST_QUOTA_REFRESH_S while it keeps submitting, with
-what this gateway admitted since the reading added on top. So a submission costs
-no round trip, and the view is behind by what other gateways admitted since their
-last reading: over all gateways, a tenant can pass a quota by at most what they
-admit in one refresh interval.
+and task-record bytes come from a view in memory, read when the tenant first submits
+here and then every FNHOST_QUOTA_REFRESH_S while it keeps submitting (every tenth
+time while it uses less than half of both), with what this gateway admitted since
+the reading added on top. So a submission costs no round trip, and the view is
+behind by what other gateways admitted since their last reading: over all gateways,
+a tenant near a quota can pass it by at most what they admit in one refresh
+interval. The admin's quota changes apply at once on the gateway that took them,
+within ten refresh intervals on the others.
 
 Queued tasks are those not started yet: the ready messages of the tenant's queue
 (a passive declare) and of its functions' dedicated queues (read by back-pressure),
 plus its timers (delayed tasks, retries waiting for their backoff, parked tasks).
 Messages a scheduler holds (prefetched, running) are not counted: that is bounded
-by the schedulers' prefetch.
+by the schedulers' prefetch. A task moving between a queue and a timer (a retry, a
+paused function's task parked and put back) can be missed by one reading, as the
+two are not read at one instant, and a task a scheduler holds is in neither: the view
+takes the highest of the last few readings, and keeps a task accepted here on top
+until that many readings could have held it (high for a few intervals, not low).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,17 +48,46 @@ from runtime.store.usage import RecordBytes, UsageStore
 log = logging.getLogger(__name__)
 # A tenant that has not submitted here for this long is no longer read.
 IDLE_S = 300.0
+# A tenant using less than this share of its queued-task and record-byte quotas is
+# read only every FAR_ROUNDS refreshes: its usage cannot reach them between readings
+# at any rate the platform takes, and the store is spared a read per tenant a second.
+FAR_SHARE = 0.5
+FAR_ROUNDS = 10
 DECLARE_TIMEOUT_S = 2.0
+READINGS = 3
 
 
 @dataclass
 class _View:
     quotas: q.Quotas
-    queued: int = 0  # at the last reading
+    queued: int = 0  # the highest of the last READINGS readings
+    readings: deque[int] = field(default_factory=lambda: deque(maxlen=READINGS))
     record_bytes: int = 0
-    added: int = 0  # admitted here since that reading began
-    added_bytes: int = 0
+    # Admitted here and not answered yet: a reading may or may not hold them.
+    inflight: int = 0
+    inflight_bytes: int = 0
+    # Accepted here since the last reading began: not in it, unless they were durable
+    # before it counted (then counted twice for a while: high, never low).
+    accepted: int = 0
+    accepted_bytes: int = 0
+    # Tasks accepted before each of the last READINGS readings began: kept on top until
+    # that many readings (whose highest is `queued`) could hold them.
+    covered: deque[int] = field(default_factory=lambda: deque(maxlen=READINGS))
     used_at: float = field(default_factory=time.monotonic)
+    skip: int = 0  # refresh rounds to skip before the next reading
+
+    @property
+    def tasks(self) -> int:
+        return self.queued + self.inflight + self.accepted + sum(self.covered)
+
+    @property
+    def bytes(self) -> int:
+        return self.record_bytes + self.inflight_bytes + self.accepted_bytes
+
+    def far(self) -> bool:
+        """Whether it is well below the quotas the submit path checks."""
+        return (self.tasks < FAR_SHARE * self.quotas[q.QUEUED_TASKS]
+                and self.bytes < FAR_SHARE * self.quotas[q.TASK_RECORD_BYTES])
 
 
 class QuotaKeeper:
@@ -97,32 +133,41 @@ class QuotaKeeper:
 
     async def admit_task(self, record: FunctionRecord, payload_bytes: int) -> None:
         """Count one task against the queued-task (and, in task mode, record-byte)
-        quota, or refuse it (429 QuotaExceeded). Undo with `release` when the task is
-        not accepted after all."""
+        quota, or refuse it (429 QuotaExceeded). Then `accepted` once it is durable, or
+        `release` when it is not accepted after all."""
         view = self._views.get(record.tenant)
         if view is None:
             view = await self._load(record.tenant)
         view.used_at = time.monotonic()
         quotas = view.quotas
-        q.check_count(q.QUEUED_TASKS, view.queued + view.added, 1, quotas[q.QUEUED_TASKS])
+        q.check_count(q.QUEUED_TASKS, view.tasks, 1, quotas[q.QUEUED_TASKS])
         if record.config.async_.task_mode:
-            q.check_count(q.TASK_RECORD_BYTES, view.record_bytes + view.added_bytes, payload_bytes,
-                          quotas[q.TASK_RECORD_BYTES])
-            view.added_bytes += payload_bytes
-        view.added += 1
+            q.check_count(q.TASK_RECORD_BYTES, view.bytes, payload_bytes, quotas[q.TASK_RECORD_BYTES])
+            view.inflight_bytes += payload_bytes
+        view.inflight += 1
 
     def release(self, record: FunctionRecord, payload_bytes: int) -> None:
-        view = self._views.get(record.tenant)
-        if view is None:
-            return
-        view.added = max(0, view.added - 1)
-        if record.config.async_.task_mode:
-            view.added_bytes = max(0, view.added_bytes - payload_bytes)
+        """An admitted task that was refused or failed: it counts no more."""
+        self._answered(record, payload_bytes)
 
     def accepted(self, record: FunctionRecord, created_at: datetime | None, payload_bytes: int) -> None:
-        """An accepted task's record keeps its payload for the retention (task mode)."""
+        """An admitted task is durable; its record (task mode) keeps its payload for the
+        retention from `created_at` (None: counted already)."""
+        view = self._answered(record, payload_bytes)
+        if view is not None:
+            view.accepted += 1
+            if record.config.async_.task_mode:
+                view.accepted_bytes += payload_bytes
         if record.config.async_.task_mode and created_at is not None:
             self.record_bytes.add(record.tenant, created_at, payload_bytes)
+
+    def _answered(self, record: FunctionRecord, payload_bytes: int) -> _View | None:
+        view = self._views.get(record.tenant)
+        if view is not None:
+            view.inflight = max(0, view.inflight - 1)
+            if record.config.async_.task_mode:
+                view.inflight_bytes = max(0, view.inflight_bytes - payload_bytes)
+        return view
 
     # -- readings ----------------------------------------------------------------
 
@@ -162,15 +207,17 @@ class QuotaKeeper:
         return self._views[tenant]
 
     async def _read(self, tenant: str, view: _View) -> None:
-        added, added_bytes = view.added, view.added_bytes
+        # Accepted before the reading began: durable, so in it. Those accepted since and
+        # those still in flight stay on top of it.
+        accepted, accepted_bytes = view.accepted, view.accepted_bytes
         quotas = await self.quotas(tenant)
         queued = await self.queued_tasks(tenant)
         record_bytes = await self.task_record_bytes(tenant)
-        view.quotas, view.queued, view.record_bytes = quotas, queued, record_bytes
-        # What was admitted before the reading began is in it (those accepted) or was
-        # released; what came since stays on top until the next reading.
-        view.added = max(0, view.added - added)
-        view.added_bytes = max(0, view.added_bytes - added_bytes)
+        view.readings.append(queued)
+        view.quotas, view.queued, view.record_bytes = quotas, max(view.readings), record_bytes
+        view.covered.append(min(accepted, view.accepted))
+        view.accepted = max(0, view.accepted - accepted)
+        view.accepted_bytes = max(0, view.accepted_bytes - accepted_bytes)
 
     async def _loop(self) -> None:
         failing = False
@@ -181,8 +228,12 @@ class QuotaKeeper:
                 if now - view.used_at > IDLE_S:
                     del self._views[tenant]
                     continue
+                if view.skip > 0 and view.far():
+                    view.skip -= 1
+                    continue
                 try:
                     await self._read(tenant, view)
+                    view.skip = FAR_ROUNDS - 1
                     failing = False
                 except Exception as exc:
                     if not failing:  # once per outage, not every round

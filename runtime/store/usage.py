@@ -134,6 +134,7 @@ class RecordBytes:
         self._store = store
         self._flush_s = flush_s
         self._pending: defaultdict[tuple[str, datetime], int] = defaultdict(int)
+        self._flushing: dict[tuple[str, datetime], int] = {}  # being written now
         self._task: asyncio.Task[None] | None = None
         self._swept_at: datetime | None = None
 
@@ -146,8 +147,10 @@ class RecordBytes:
         self._pending[key] += n
 
     def pending(self, tenant: str) -> int:
-        """Bytes counted here for `tenant` and not written yet."""
-        return sum(n for (t, _), n in self._pending.items() if t == tenant)
+        """Bytes counted here for `tenant` and not written yet (or being written: then
+        a reading of the store may hold them too, and they count twice, never zero times)."""
+        return sum(n for counts in (self._pending, self._flushing)
+                   for (t, _), n in counts.items() if t == tenant)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="record-bytes")
@@ -162,12 +165,15 @@ class RecordBytes:
 
     async def flush(self) -> None:
         counts, self._pending = dict(self._pending), defaultdict(int)
+        self._flushing = counts
         try:
             await self._store.add_record_bytes(counts)
         except Exception:
             for key, n in counts.items():
                 self._pending[key] += n
             raise
+        finally:
+            self._flushing = {}
         hour = hour_of(datetime.now(UTC))
         if self._swept_at != hour:
             self._swept_at = hour
