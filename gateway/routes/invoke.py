@@ -4,8 +4,9 @@ The path is linear: resolve the function from the cache, bound the payload,
 apply flow control (gateway/throttle.py), pick the scheduler that owns the
 tenant, send it over the direct hop, answer. No MongoDB round trip on a warm
 path (a function with a max_rate: one when this gateway's lease of its tokens
-is spent). Back-pressure applies to async submissions only: a sync invocation
-never waits behind, nor is refused for, the async backlog.
+is spent; a tenant's first async submission here: the reading of its quota
+usage, gateway/quotas.py). Back-pressure and quotas apply to async submissions
+only: a sync invocation never waits behind, nor is refused for, the async backlog.
 """
 
 from __future__ import annotations
