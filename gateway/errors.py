@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.errors import FnhostError, Throttled, Unavailable
+from runtime.errors import FnhostError, QuotaExceeded, Throttled, Unavailable
 
 log = logging.getLogger(__name__)
 # Retry-After of a 503 for a database that cannot be reached (down, restarting).
@@ -20,6 +20,8 @@ HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_med
 def error_response(exc: FnhostError) -> Response:
     headers = {}
     if isinstance(exc, Throttled | Unavailable):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, QuotaExceeded) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     return Response(
         exc.to_json_bytes(), status_code=exc.status, media_type="application/json", headers=headers

@@ -9,6 +9,7 @@ from aio_pika.abc import AbstractRobustConnection
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
 from gateway.keys import KeyRing
+from gateway.quotas import QuotaKeeper
 from runtime.broker import topology
 from runtime.broker.backlog import BacklogMonitor
 from runtime.broker.control import CONTROL_KEY, ControlBus
@@ -27,6 +28,7 @@ from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.tenants import Tenant, TenantStore
 from runtime.store.timers import TimerStore
+from runtime.store.usage import UsageStore
 from runtime.tasks.admission import RateLimiter
 from runtime.tasks.submit import Submitter
 from runtime.webhook_policy import WebhookPolicy
@@ -86,8 +88,15 @@ class Services:
         self.hop_probe.start()
         self.backlog = BacklogMonitor(self.connection, self.backpressure, self.settings.backlog_poll_s)
         self.backlog.start()
+        self.quotas = QuotaKeeper(
+            self.settings, self.tenants, UsageStore(self.mongo, self.settings.task_retention_s),
+            self.connection, self.backpressure,
+        )
+        self.quotas.start()
 
     async def stop(self) -> None:
+        if hasattr(self, "quotas"):
+            await self.quotas.close()
         if hasattr(self, "backlog"):
             await self.backlog.close()
         if hasattr(self, "bursts"):

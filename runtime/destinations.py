@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -22,8 +23,10 @@ import orjson
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 from aiormq.exceptions import ChannelPreconditionFailed
+from pamqp.common import FieldValue
 
 from runtime import constants as c
+from runtime.broker.topology import DepthReader
 from runtime.errors import FnhostError, Throttled, Unavailable
 from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
 from runtime.settings import Settings
@@ -178,6 +181,10 @@ class Destinations:
         self._webhooks: WebhookClient = webhooks or AiohttpWebhooks(settings)
         self._channel: AbstractRobustChannel | None = None
         self._declared: OrderedDict[str, None] = OrderedDict()
+        # Queues declared without a length limit by earlier versions (the broker refuses
+        # to declare them again with one): bounded by their depth, read before a publish.
+        self._unbounded: OrderedDict[str, None] = OrderedDict()
+        self._depths = DepthReader(connection, settings.destination_publish_timeout_s)
 
     @property
     def max_delivery_s(self) -> float:
@@ -215,6 +222,7 @@ class Destinations:
 
     async def close(self) -> None:
         await self._webhooks.close()
+        await self._depths.close()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -344,10 +352,9 @@ class Destinations:
         try:
             async with asyncio.timeout(timeout):
                 if queue not in self._declared:
-                    await channel.declare_queue(
-                        queue, durable=True, arguments={"x-queue-type": "quorum"}, robust=False
-                    )
-                    self._remember(queue)
+                    await self._declare(queue)
+                if queue in self._unbounded:
+                    await self._check_depth(queue)
                 await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
         except TimeoutError:
             raise _Failure(f"the broker did not confirm within {timeout:g} s", retry=True) from None
@@ -356,11 +363,52 @@ class Destinations:
             self._declared.pop(queue, None)
             raise _Failure(f"queue {queue} is missing: the broker returned the record", retry=True) from None
         except DeliveryError as exc:
-            raise _Failure(f"the broker refused the record: {exc}", retry=True) from None
+            # A queue at its length limit refuses the publish (x-overflow: reject-publish).
+            limit = self._settings.destination_queue_max_messages
+            raise _Failure(f"the broker refused the record (queue {queue} full at {limit} "
+                           f"records, or unavailable): {exc}", retry=True) from None
         except ChannelPreconditionFailed as exc:
             raise _Failure(f"queue {queue} exists with other arguments: {exc}", retry=False) from None
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             raise _Failure(f"broker: {type(exc).__name__}: {exc}", retry=True) from None
+
+    async def _declare(self, queue: str) -> None:
+        """Declare a queue destination with its length limit, on a channel of its own:
+        a queue declared before the limit existed makes the broker refuse the declare
+        (PRECONDITION_FAILED) and close that channel, not the publishing one."""
+        arguments: dict[str, FieldValue] = {
+            "x-queue-type": "quorum",
+            "x-max-length": self._settings.destination_queue_max_messages,
+            "x-overflow": "reject-publish",
+        }
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(queue, durable=True, arguments=arguments)
+            self._unbounded.pop(queue, None)
+        except ChannelPreconditionFailed:
+            log.warning("queue destination %s was declared without a length limit: its depth "
+                        "is read before each publish instead", queue)
+            self._unbounded[queue] = None
+            if len(self._unbounded) > DECLARED_QUEUES_MAX:
+                self._unbounded.popitem(last=False)
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        self._remember(queue)
+
+    async def _check_depth(self, queue: str) -> None:
+        """The length limit of a queue declared without one: refuse while it is full."""
+        limit = self._settings.destination_queue_max_messages
+        depth = await self._depths.read(queue)
+        if depth is None:
+            self._declared.pop(queue, None)  # deleted since: declared again (bounded) next time
+            self._unbounded.pop(queue, None)
+            raise _Failure(f"queue {queue} is missing", retry=True)
+        if depth[0] >= limit:
+            raise _Failure(f"queue {queue} is full ({depth[0]} records, the limit is {limit})",
+                           retry=True)
 
     def _remember(self, queue: str) -> None:
         self._declared[queue] = None

@@ -73,6 +73,32 @@ class Throttled(FnhostError):
         self.retry_after_s = retry_after_s
 
 
+class QuotaExceeded(FnhostError):
+    """Over one of the tenant's quotas (runtime/quotas.py), named in the body's `quota`.
+    413 when the request alone would take the tenant past it (a bundle's bytes), 429
+    when a count is used up; with Retry-After when it frees itself in time (tasks
+    finish, records expire). Its code is the contract's spelling, `QuotaExceeded`."""
+
+    status = 429
+    code = "QuotaExceeded"
+
+    def __init__(
+        self, message: str, *, quota: str | None = None, status: int = 429,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.status = status
+        self.retry_after_s = retry_after_s if status == 429 else None
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        error = body["error"]
+        if self.quota is not None and isinstance(error, dict):
+            error["quota"] = self.quota
+        return body
+
+
 class Unavailable(FnhostError):
     status = 503
     code = "unavailable"

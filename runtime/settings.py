@@ -225,6 +225,32 @@ class Settings(BaseSettings):
     # submitted to lately (a passive declare each, off the request path).
     backlog_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
 
+    # Per-tenant quotas (runtime/quotas.py): the defaults of every tenant; the admin
+    # overrides them per tenant (PATCH /v1/tenants/{id} {"quotas": {...}}).
+    # FNHOST_QUOTA_FUNCTIONS: functions a tenant may have.
+    quota_functions: Annotated[int, Field(ge=0)] = 1000
+    # FNHOST_QUOTA_BUNDLE_BYTES: bytes of the bundles stored for the tenant (each content
+    # hash once); an upload that would pass it is refused with 413.
+    quota_bundle_bytes: Annotated[int, Field(ge=0)] = 10 * 1024 * MB
+    # FNHOST_QUOTA_VERSIONS: versions (uploads of new code) the store keeps for a tenant.
+    quota_versions: Annotated[int, Field(ge=0)] = 10_000
+    # FNHOST_QUOTA_QUEUED_TASKS: a tenant's tasks not yet started: waiting in its queues,
+    # delayed, or waiting for a retry or a resume.
+    quota_queued_tasks: Annotated[int, Field(ge=0)] = 1_000_000
+    # FNHOST_QUOTA_TASK_RECORD_BYTES: payload, result and log bytes of the task records
+    # the tenant's tasks keep for FNHOST_TASK_RETENTION_S.
+    quota_task_record_bytes: Annotated[int, Field(ge=0)] = 20 * 1024 * MB
+    # FNHOST_QUOTA_QUEUE_DESTINATIONS: distinct queue destinations named by the tenant's
+    # functions (each is a queue on the broker).
+    quota_queue_destinations: Annotated[int, Field(ge=0)] = 100
+    # FNHOST_QUOTA_REFRESH_S: how often a gateway reads the usage of the tenants that
+    # submitted to it lately (its view between readings is its own count on top).
+    quota_refresh_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # FNHOST_DESTINATION_QUEUE_MAX_MESSAGES: a queue destination holds at most about this
+    # many records (its x-max-length; a quorum queue takes one more before it refuses);
+    # a record published to a full one is refused: retried, then a failed delivery.
+    destination_queue_max_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+
     # Dedicated-queue promotion: a function that holds up its tenant's queue gets a
     # queue of its own (see runtime/scheduler/flow.py for the signals).
     # FNHOST_PROMOTE_WAITING, FNHOST_PROMOTE_WAIT_S: promoted when this many of its

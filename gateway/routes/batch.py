@@ -21,10 +21,17 @@ from starlette.routing import Route
 
 from gateway import task_input
 from gateway.body import read_limited
-from gateway.routes.invoke import ASYNC, admit, invocation_type, log_tail, note_accepted
+from gateway.routes.invoke import (
+    ASYNC,
+    admit,
+    invocation_type,
+    log_tail,
+    not_accepted,
+    note_accepted,
+)
 from gateway.state import Services
 from runtime import constants as c
-from runtime.errors import BadRequest, FnhostError, NotFound, Throttled, Unavailable
+from runtime.errors import BadRequest, FnhostError, NotFound, QuotaExceeded, Throttled, Unavailable
 from runtime.store.tenants import Tenant
 from runtime.tasks.submit import Accepted, Submission
 
@@ -56,6 +63,8 @@ def result(outcome: Accepted | FnhostError) -> dict[str, Any]:
     assert isinstance(error, dict)
     if isinstance(outcome, Throttled | Unavailable):
         error["retry_after_s"] = outcome.retry_after_s
+    elif isinstance(outcome, QuotaExceeded) and outcome.retry_after_s is not None:
+        error["retry_after_s"] = outcome.retry_after_s
     return {"status": outcome.status, "error": error}
 
 
@@ -78,8 +87,8 @@ async def submit_batch(request: Request) -> Response:
             outcomes.append(entry)
             continue
         try:
-            await admit(services, record)
-        except Throttled as exc:
+            await admit(services, record, len(entry.payload))
+        except (Throttled, QuotaExceeded) as exc:
             outcomes.append(exc)
             continue
         outcomes.append(None)
@@ -88,10 +97,18 @@ async def submit_batch(request: Request) -> Response:
             task_id=entry.task_id, delay_s=entry.delay_s,
         ))
         where.append(i)
-    for i, outcome in zip(where, await services.submitter.submit_many(admitted), strict=True):
+    try:
+        answers = await services.submitter.submit_many(admitted)
+    except BaseException:
+        for sub in admitted:
+            not_accepted(services, record, len(sub.payload))
+        raise
+    for i, sub, outcome in zip(where, admitted, answers, strict=True):
         outcomes[i] = outcome
         if isinstance(outcome, Accepted):
-            note_accepted(services, record, outcome)
+            note_accepted(services, record, outcome, len(sub.payload))
+        else:
+            not_accepted(services, record, len(sub.payload))
     results = [result(o) for o in outcomes if o is not None]
     assert len(results) == len(entries), "every task answered"
     return Response(orjson.dumps({"results": results}), 200, media_type="application/json")

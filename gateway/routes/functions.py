@@ -115,6 +115,10 @@ async def put_function(request: Request) -> JSONResponse:
         if config != bundle.config:
             bundle = await _inspect(data, services, config.dump())
     check_webhooks(bundle.config, services.webhook_policy)
+    await services.quotas.check_upload(
+        tenant.id, name, existing, bundle.config, sha256=bundle.sha256, version=bundle.version,
+        size=bundle.size,
+    )
     await services.functions.save_bundle(tenant.id, bundle.sha256, data)
     record, created = await services.functions.put(
         tenant.id, name, bundle.config, version=bundle.version, sha256=bundle.sha256,
@@ -149,6 +153,7 @@ async def patch_function(request: Request) -> JSONResponse:
         # The new handler must exist in the current bundle, as at upload.
         data = await services.functions.load_bundle(tenant.id, record.sha256)
         await _inspect(data, services, config.dump())
+    await services.quotas.check_config(tenant.id, record.name, record, config)
     record = await services.functions.update_config(record, config)
     await announce(services, record, tenant.id, record.name)
     return JSONResponse(record.describe())

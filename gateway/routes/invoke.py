@@ -4,14 +4,16 @@ The path is linear: resolve the function from the cache, bound the payload,
 apply flow control (gateway/throttle.py), pick the scheduler that owns the
 tenant, send it over the direct hop, answer. No MongoDB round trip on a warm
 path (a function with a max_rate: one when this gateway's lease of its tokens
-is spent). Back-pressure applies to async submissions only: a sync invocation
-never waits behind, nor is refused for, the async backlog.
+is spent; a tenant's first async submission here: the reading of its quota
+usage, gateway/quotas.py). Back-pressure and quotas apply to async submissions
+only: a sync invocation never waits behind, nor is refused for, the async backlog.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 from starlette.requests import Request
@@ -125,19 +127,32 @@ async def invoke(request: Request) -> Response:
     return Response(body, 200, headers=out, media_type=str(meta.get("content_type")))
 
 
-async def admit(services: Services, record: FunctionRecord) -> None:
-    """Flow control of one async submission (a single one, or one task of a batch):
-    Throttled when back-pressure or the function's max_rate refuses it."""
+async def admit(services: Services, record: FunctionRecord, payload_bytes: int) -> None:
+    """Flow control and quotas of one async submission (a single one, or one task of a
+    batch): Throttled when back-pressure or the function's max_rate refuses it,
+    QuotaExceeded over the tenant's queued tasks or task-record bytes. An admitted
+    submission that is not accepted after all is given back with `not_accepted`."""
     # Back-pressure first: it costs no round trip, and a refused submission then
-    # takes no token of the function's max_rate.
+    # takes no token of the function's max_rate. The quota view is in memory too.
     check_backlog(services.backpressure, record, ASYNC)
-    await check_rate(services.rate_limiter, record, ASYNC)
+    await services.quotas.admit_task(record, payload_bytes)
+    try:
+        await check_rate(services.rate_limiter, record, ASYNC)
+    except BaseException:
+        services.quotas.release(record, payload_bytes)
+        raise
 
 
-def note_accepted(services: Services, record: FunctionRecord, accepted: Accepted) -> None:
-    """What back-pressure and the metrics learn of an accepted async submission."""
+def not_accepted(services: Services, record: FunctionRecord, payload_bytes: int) -> None:
+    """An admitted submission that was refused or failed: it counts no more."""
+    services.quotas.release(record, payload_bytes)
+
+
+def note_accepted(services: Services, record: FunctionRecord, accepted: Accepted, payload_bytes: int) -> None:
+    """What back-pressure, the quotas and the metrics learn of an accepted async submission."""
     if accepted.due_at is None:  # a delayed task waits in a timer, not in the queue
         services.backpressure.enqueued(queue_of(record))
+    services.quotas.accepted(record, datetime.now(UTC), payload_bytes)
     INVOCATIONS.labels(ASYNC, "accepted").inc()
 
 
@@ -147,18 +162,22 @@ async def _submit(
     """202 only once the task is durable (broker confirm, or its timer stored)."""
     task_id = task_input.task_id(request.headers.get(c.HTTP_TASK_ID), "X-Task-Id")
     delay_s = task_input.delay_header(request.headers.get(c.HTTP_DELAY), "X-Delay-Seconds")
-    await admit(services, record)
-    accepted = await services.submitter.submit(
-        Submission(
-            record=record,
-            payload=payload,
-            content_type=request.headers.get("content-type"),
-            task_id=task_id,
-            delay_s=delay_s,
-            request_id=request_id,
+    await admit(services, record, len(payload))
+    try:
+        accepted = await services.submitter.submit(
+            Submission(
+                record=record,
+                payload=payload,
+                content_type=request.headers.get("content-type"),
+                task_id=task_id,
+                delay_s=delay_s,
+                request_id=request_id,
+            )
         )
-    )
-    note_accepted(services, record, accepted)
+    except BaseException:
+        not_accepted(services, record, len(payload))
+        raise
+    note_accepted(services, record, accepted, len(payload))
     body = {"task_id": accepted.task_id, "request_id": accepted.request_id, "status": "Enqueued"}
     return Response(
         orjson.dumps(body),

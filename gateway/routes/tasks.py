@@ -162,6 +162,20 @@ async def retry_task(request: Request) -> JSONResponse:
     record = await services.cache.get(tenant.id, doc["function"])
     if record is None:
         raise NotFound(f"function {doc['function']!r} not found")
+    # Queued again: it counts against the tenant's queued tasks (its record's bytes
+    # are counted already).
+    await services.quotas.admit_task(record, 0)
+    try:
+        updated = await _redrive(services, tenant.id, doc)
+    except BaseException:
+        services.quotas.release(record, 0)
+        raise
+    services.quotas.accepted(record, None, 0)
+    return JSONResponse(describe(updated), status_code=202)
+
+
+async def _redrive(services: Services, tenant: str, doc: Doc) -> Doc:
+    """Enqueue a finished task again: its record, then its message."""
     now = datetime.now(UTC)
     # Created anew, so kept for the retention period from now (as a new task would be).
     expire_at = now + timedelta(seconds=services.settings.task_retention_s)
@@ -173,20 +187,20 @@ async def retry_task(request: Request) -> JSONResponse:
     if updated is None:
         raise Conflict(f"task {doc['task_id']!r} changed meanwhile; try again")
     headers = message_headers(
-        tenant=tenant.id, function=doc["function"], task_id=doc["task_id"],
+        tenant=tenant, function=doc["function"], task_id=doc["task_id"],
         request_id=doc.get("request_id") or "", created_at=now, attempt=1, task_mode=True,
         chain_depth=int(doc.get("chain_depth") or 0),
     )
     try:
         await services.publisher.publish(
-            tenant.id, headers, bytes(doc.get("payload") or b""), doc.get("content_type")
+            tenant, headers, bytes(doc.get("payload") or b""), doc.get("content_type")
         )
     except Exception:
         # Not queued: the task is as it was (the caller may retry it again), never
         # Enqueued without a message.
         await services.tasks.undo_redrive(doc)
         raise
-    return JSONResponse(describe(updated), status_code=202)
+    return updated
 
 
 async def _set_paused(request: Request, paused: bool) -> JSONResponse:

@@ -1,4 +1,6 @@
-"""Tenants (admin key) and their API keys (admin key, or the tenant's own key).
+"""Tenants (admin key): create one with its API key, show one with its usage against
+its quotas, change its quotas; their API keys (admin key, or the tenant's own key); a
+tenant's own usage (GET /v1/usage, its own key).
 
 `POST /v1/tenants/{id}/keys` issues a key besides the tenant's others: the old ones
 keep working until revoked, so that clients roll over to the new one without
@@ -17,6 +19,7 @@ from starlette.routing import Route
 from gateway.body import read_limited
 from gateway.state import Services
 from runtime import constants as c
+from runtime import quotas as q
 from runtime.errors import BadRequest, Unavailable
 from runtime.models import check_name
 from runtime.store.tenants import Tenant, hash_key, key_id
@@ -85,9 +88,44 @@ async def revoke_key(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def get_tenant(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    tenant, overrides = await services.tenants.get_with_quotas(request.path_params["tenant_id"])
+    report = await services.quotas.report(tenant.id)
+    return JSONResponse({"id": tenant.id, "name": tenant.name, **report, "overrides": overrides})
+
+
+async def patch_tenant(request: Request) -> JSONResponse:
+    """`{"quotas": {"functions": 10, "queued_tasks": null}}`: set quotas of one tenant
+    (null: back to the default). Gateways apply them within FNHOST_QUOTA_REFRESH_S."""
+    services: Services = request.app.state.services
+    raw = await read_limited(request, 64 * 1024, "request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest('body must be JSON: {"quotas": {...}}') from None
+    if not isinstance(body, dict) or set(body) != {"quotas"}:
+        raise BadRequest('body must be {"quotas": {"<quota>": <number or null>, ...}}', field="quotas")
+    changes = q.parse_overrides(body["quotas"])
+    tenant = await services.tenants.get(request.path_params["tenant_id"])
+    overrides = await services.tenants.set_quotas(tenant.id, changes)
+    report = await services.quotas.report(tenant.id)
+    services.quotas.overridden(tenant.id, report["quotas"])
+    return JSONResponse({"id": tenant.id, "name": tenant.name, **report, "overrides": overrides})
+
+
+async def own_usage(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    tenant: Tenant = request.scope["tenant"]
+    return JSONResponse({"id": tenant.id, **await services.quotas.report(tenant.id)})
+
+
 routes = [
     Route("/v1/tenants", create_tenant, methods=["POST"]),
     Route("/v1/tenants/{tenant}/keys", issue_key, methods=["POST"]),
     Route("/v1/tenants/{tenant}/keys", list_keys, methods=["GET"]),
     Route("/v1/tenants/{tenant}/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    Route("/v1/tenants/{tenant_id}", get_tenant, methods=["GET"]),
+    Route("/v1/tenants/{tenant_id}", patch_tenant, methods=["PATCH"]),
+    Route("/v1/usage", own_usage, methods=["GET"]),
 ]

@@ -35,6 +35,7 @@ from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
 from runtime.store.timers import TimerStore
+from runtime.store.usage import RecordBytes, UsageStore
 from runtime.tasks.admission import FunctionDestinationSubmit, RateLimiter
 from runtime.tasks.submit import Submitter
 
@@ -62,6 +63,9 @@ class Scheduler:
         )
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
+        self.record_bytes = RecordBytes(
+            UsageStore(self.mongo, settings.task_retention_s), settings.quota_refresh_s
+        )
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = time.time()
@@ -109,7 +113,9 @@ class Scheduler:
             self.flow, self.router,
             running_write_delay_s=self.settings.running_write_delay_s,
             max_window=self.pool.max_containers,
+            record_bytes=self.record_bytes,
         )
+        self.record_bytes.start()
         self.control = ControlBus(
             self.connection, self.settings.cluster_id, self.settings.cluster_key(CONTROL_KEY),
             self.settings.control_max_age_s,
@@ -233,6 +239,7 @@ class Scheduler:
             await self.destinations.close()
         if hasattr(self, "submitter"):
             await self.submitter.close()
+        await self.record_bytes.close()
         self.engine.close()
         await self.mongo.close()
 

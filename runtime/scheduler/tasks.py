@@ -39,6 +39,7 @@ from runtime.scheduler.invoker import OK, TIMEOUT, Invocation, Invoker, Outcome
 from runtime.store.functions import FunctionRecord
 from runtime.store.tasks import TaskStore, task_key
 from runtime.store.timers import PARK, RETRY, TimerStore
+from runtime.store.usage import RecordBytes
 from runtime.tasks import status as st
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class TaskRunner:
         router: Router,
         running_write_delay_s: float = 0.2,
         max_window: int = 1000,
+        record_bytes: RecordBytes | None = None,
     ) -> None:
         # A task still running this long after its container was bound has its
         # Running status written then; a shorter one gets Processed and Running
@@ -207,6 +209,8 @@ class TaskRunner:
         self._flow = flow
         self._router = router
         self._max_window = max_window  # the host's capacity bounds every dispatch window
+        # The tenant's task-record bytes (its quota): a final record's result and logs.
+        self._record_bytes = record_bytes
         # Tasks taken from the queue and not finished; the container once bound.
         self._inflight: dict[str, Container | None] = {}
         self._acks = Acks()
@@ -511,6 +515,9 @@ class TaskRunner:
         if outcome is not None:
             fields.update(_outcome_fields(outcome))
             fields.setdefault("version", record.version)
+            if self._record_bytes is not None:
+                kept = len(outcome.logs) + (len(fields["result"]) if "result" in fields else 0)
+                self._record_bytes.add(job.tenant, job.created_at, kept)
         if await self._tasks.advance(
             job.key, status, when=RUNNABLE | {st.STOPPING}, fields=fields, inc=inc, earlier=earlier
         ):

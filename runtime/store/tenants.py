@@ -122,6 +122,31 @@ class TenantStore:
         await self._mongo.api_keys.delete_one({"_id": digests[0], "tenant": tenant_id})
         return str(digests[0])
 
+    async def get_with_quotas(self, tenant_id: str) -> tuple[Tenant, dict[str, int]]:
+        """A tenant and its quota overrides (the admin's; missing names take the defaults)."""
+        doc = await self._mongo.tenants.find_one({"_id": tenant_id})
+        if doc is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return Tenant(id=doc["_id"], name=doc["name"]), dict(doc.get("quotas") or {})
+
+    async def quotas(self, tenant_id: str) -> dict[str, int]:
+        """The tenant's quota overrides ({} when none, or when the tenant is gone)."""
+        doc = await self._mongo.tenants.find_one({"_id": tenant_id}, {"quotas": 1})
+        return dict((doc or {}).get("quotas") or {})
+
+    async def set_quotas(self, tenant_id: str, changes: dict[str, int | None]) -> dict[str, int]:
+        """Set quota overrides (None: back to the default); returns them all."""
+        update: dict[str, dict[str, object]] = {}
+        for name, value in changes.items():
+            if value is None:
+                update.setdefault("$unset", {})[f"quotas.{name}"] = ""
+            else:
+                update.setdefault("$set", {})[f"quotas.{name}"] = value
+        result = await self._mongo.tenants.update_one({"_id": tenant_id}, update)
+        if result.matched_count != 1:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return await self.quotas(tenant_id)
+
     async def by_key(self, api_key: str) -> Tenant | None:
         return await self.by_digest(hash_key(api_key))
 
