@@ -12,6 +12,7 @@ from gateway.backlog import BacklogMonitor
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
 from gateway.throttle import RateLimiter
+from gateway.uploads import UploadSlots
 from runtime.broker import topology
 from runtime.broker.control import ControlBus
 from runtime.broker.hints import WorkHints, hint_interval
@@ -23,6 +24,7 @@ from runtime.flow.backpressure import Backpressure
 from runtime.flow.burst import BurstDetector
 from runtime.hop import HopClient, HopProbe
 from runtime.settings import Settings
+from runtime.store.bundles import BundleStore
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
@@ -54,6 +56,8 @@ class Services:
         self.mongo = Mongo(settings)
         self.tenants = TenantStore(self.mongo)
         self.functions = FunctionStore(self.mongo)
+        self.bundles = BundleStore(self.mongo, settings.bundle_collect_grace_s)
+        self.uploads = UploadSlots(settings.uploads_concurrent, settings.uploads_wait_s)
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
         self.cache = FunctionCache(self.functions)
