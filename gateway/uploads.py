@@ -53,27 +53,40 @@ def json_object(raw: bytes | str, what: str) -> dict[str, Any]:
 
 
 class UploadSlots:
-    """At most `concurrent` uploads read at once; a caller waits up to `wait_s` for a
-    slot, then is refused with 503 and Retry-After."""
+    """At most `concurrent` uploads read at once, and one tenant's at most half of them
+    (rounded up), so a tenant that trickles its uploads cannot hold every slot; a caller
+    waits up to `wait_s` in all for a slot, then is refused with 503 and Retry-After."""
 
     def __init__(self, concurrent: int, wait_s: float) -> None:
         self._slots = asyncio.Semaphore(concurrent)
+        self._per_tenant = (concurrent + 1) // 2
+        self._tenants: dict[str, tuple[asyncio.Semaphore, int]] = {}  # semaphore, users
         self._wait_s = wait_s
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, tenant: str) -> AsyncIterator[None]:
+        share, users = self._tenants.get(tenant) or (asyncio.Semaphore(self._per_tenant), 0)
+        self._tenants[tenant] = (share, users + 1)
         try:
-            async with asyncio.timeout(self._wait_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise Unavailable(
-                "this gateway is busy with other bundle uploads; try again",
-                retry_after_s=BUSY_RETRY_AFTER_S,
-            ) from None
-        try:
-            yield
+            async with contextlib.AsyncExitStack() as held:
+                try:
+                    async with asyncio.timeout(self._wait_s):
+                        await share.acquire()
+                        held.callback(share.release)
+                        await self._slots.acquire()
+                        held.callback(self._slots.release)
+                except TimeoutError:
+                    raise Unavailable(
+                        "this gateway is busy with other bundle uploads; try again",
+                        retry_after_s=BUSY_RETRY_AFTER_S,
+                    ) from None
+                yield
         finally:
-            self._slots.release()
+            share, users = self._tenants[tenant]
+            if users == 1:
+                del self._tenants[tenant]
+            else:
+                self._tenants[tenant] = (share, users - 1)
 
 
 @contextlib.asynccontextmanager

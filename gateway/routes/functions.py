@@ -50,7 +50,7 @@ async def put_function(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     tenant: Tenant = request.scope["tenant"]
     name = check_name(request.path_params["name"], "function name")
-    async with services.uploads.hold(), received_upload(request, services.settings) as upload:
+    async with services.uploads.hold(tenant.id), received_upload(request, services.settings) as upload:
         bundle = await _inspect(upload.code, services, upload.override)
         existing = await services.functions.get(tenant.id, name)
         if existing is not None:

@@ -243,20 +243,32 @@ def test_an_upload_over_the_limit_is_refused_while_it_streams(
 
             r = client.put("/v1/functions/over", content=body(),
                            headers={"Content-Type": "application/zip"})
-            grown = peak_rss(pid) - before
             assert_error(r, 413, "payload_too_large")
+
+            def multipart() -> Iterator[bytes]:  # the same as a multipart code part
+                yield (b'--b0und\r\nContent-Disposition: form-data; name="code"; '
+                       b'filename="bundle.zip"\r\nContent-Type: application/zip\r\n\r\n')
+                yield from body()
+                yield b"\r\n--b0und--\r\n"
+
+            r = client.put("/v1/functions/over", content=multipart(),
+                           headers={"Content-Type": "multipart/form-data; boundary=b0und"})
+            assert_error(r, 413, "payload_too_large")
+            grown = peak_rss(pid) - before
             assert client.get("/v1/functions/over").status_code == 404
         assert grown < 40 * MB, f"the gateway's peak memory grew by {grown / MB:.0f} MB"
     finally:
         platform.stop_role("gateway-limit")
 
 
-def test_uploads_past_the_concurrent_bound_wait_then_get_503(
+def test_a_tenant_trickling_uploads_holds_at_most_half_the_slots(
     platform: Platform, tenant: httpx.Client
 ) -> None:
-    url, _ = start_gateway(platform, "gateway-slots", uploads_concurrent=1, uploads_wait_s=1)
+    url, _ = start_gateway(platform, "gateway-slots", uploads_concurrent=2, uploads_wait_s=1)
+    other_tenant = platform.new_tenant()
     try:
-        with as_tenant(platform, url, tenant) as client:
+        with as_tenant(platform, url, tenant) as client, \
+                as_tenant(platform, url, other_tenant) as other:
             data = function_zip(returns("slow"), MANIFEST)
             started = threading.Event()
 
@@ -272,12 +284,16 @@ def test_uploads_past_the_concurrent_bound_wait_then_get_503(
             holder.start()
             assert started.wait(10)
             time.sleep(0.5)
-            refused = deploy(client, "other", function_zip(returns("o"), MANIFEST))
+            # Its second upload waits for its share of the slots, then is refused ...
+            refused = deploy(client, "second", function_zip(returns("s"), MANIFEST))
+            # ... while another tenant's goes through on the slot left.
+            assert deploy(other, "o", function_zip(returns("o"), MANIFEST)).status_code == 201
             holder.join(30)
             assert_error(refused, 503, "unavailable")
             assert int(refused.headers["retry-after"]) >= 1
             assert answers and answers[0].status_code == 201, answers
-            # With the slot free again, the next upload goes through.
-            assert deploy(client, "other", function_zip(returns("o"), MANIFEST)).status_code == 201
+            # With its slot free again, its next upload goes through.
+            assert deploy(client, "second", function_zip(returns("s"), MANIFEST)).status_code == 201
     finally:
+        other_tenant.close()
         platform.stop_role("gateway-slots")

@@ -76,7 +76,7 @@ async def test_uploads_past_the_bound_wait_for_a_slot() -> None:
     order: list[str] = []
 
     async def upload(name: str, hold_s: float) -> None:
-        async with slots.hold():
+        async with slots.hold(name):
             order.append(f"{name}+")
             await asyncio.sleep(hold_s)
             order.append(f"{name}-")
@@ -87,14 +87,29 @@ async def test_uploads_past_the_bound_wait_for_a_slot() -> None:
 
 async def test_an_upload_that_waits_too_long_is_refused_with_retry_after() -> None:
     slots = UploadSlots(1, wait_s=0.05)
-    async with slots.hold():
+    async with slots.hold("a"):
         with pytest.raises(Unavailable) as refused:
-            async with slots.hold():
+            async with slots.hold("b"):
                 pass
     assert refused.value.retry_after_s >= 1
     # A failure inside frees the slot too.
     with contextlib.suppress(RuntimeError):
-        async with slots.hold():
+        async with slots.hold("a"):
             raise RuntimeError("boom")
-    async with slots.hold():
+    async with slots.hold("b"):
         pass
+    assert slots._tenants == {}
+
+
+async def test_one_tenant_holds_at_most_half_the_slots() -> None:
+    slots = UploadSlots(4, wait_s=0.1)
+    async with contextlib.AsyncExitStack() as held:
+        await held.enter_async_context(slots.hold("greedy"))
+        await held.enter_async_context(slots.hold("greedy"))
+        with pytest.raises(Unavailable):
+            async with slots.hold("greedy"):
+                pass
+        # Another tenant still gets one of the slots left.
+        async with slots.hold("other"):
+            pass
+    assert slots._tenants == {}
