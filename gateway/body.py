@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import BadRequest, PayloadTooLarge
 
+# A spooled body stays in memory up to this size, then moves to a temporary file;
+# it is written in batches of about SPOOL_WRITE_BYTES, off the event loop.
+SPOOL_MEMORY_BYTES = 1 << 20
+SPOOL_WRITE_BYTES = 1 << 20
+SpooledFile = tempfile.SpooledTemporaryFile[bytes]
+
 
 def _mb(limit: int) -> str:
     return f"{limit / (1 << 20):g} MB"
 
 
-async def read_limited(request: Request, limit: int, what: str = "payload") -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+def check_declared(request: Request, limit: int, what: str) -> None:
+    """413 at once for a declared Content-Length over `limit`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest("invalid Content-Length")
         if int(declared) > limit:
             raise PayloadTooLarge(f"{what} of {int(declared)} bytes is over the {_mb(limit)} limit")
+
+
+async def read_limited(request: Request, limit: int, what: str = "payload") -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+    check_declared(request, limit, what)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -33,6 +45,49 @@ async def read_limited(request: Request, limit: int, what: str = "payload") -> b
     body = b"".join(chunks)
     request._body = body  # later parsers (multipart) read the cached body
     return body
+
+
+async def spool_limited(request: Request, limit: int, what: str = "payload") -> SpooledFile:
+    """The whole body in a temporary file (in memory up to `SPOOL_MEMORY_BYTES`, then on
+    disk), or 413 as soon as it is known to exceed `limit` bytes."""
+    check_declared(request, limit, what)
+    spool: SpooledFile = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+    try:
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"{what} is over the {_mb(limit)} limit")
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= SPOOL_WRITE_BYTES:
+                await asyncio.to_thread(spool.writelines, pending)
+                pending, pending_size = [], 0
+        if pending:
+            await asyncio.to_thread(spool.writelines, pending)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def limited_request(request: Request, limit: int, what: str = "payload") -> Request:
+    """The same request, whose body reads raise 413 once past `limit` bytes (for parsers
+    that read the stream themselves, such as multipart)."""
+    check_declared(request, limit, what)
+    size = 0
+
+    async def receive() -> Message:
+        nonlocal size
+        message = await request.receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise PayloadTooLarge(f"{what} is over the {_mb(limit)} limit")
+        return message
+
+    return Request(request.scope, receive)
 
 
 # Requests answered before their body was read to the end (401, 404, 413 ...).

@@ -10,6 +10,7 @@ from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
 from gateway.keys import KeyRing
 from gateway.quotas import QuotaKeeper
+from gateway.uploads import UploadSlots
 from runtime.broker import topology
 from runtime.broker.backlog import BacklogMonitor
 from runtime.broker.control import CONTROL_KEY, ControlBus
@@ -22,6 +23,7 @@ from runtime.flow.backpressure import Backpressure
 from runtime.flow.burst import BurstDetector
 from runtime.hop import HOP_KEY, HopClient, HopProbe
 from runtime.settings import Settings
+from runtime.store.bundles import BundleStore
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
@@ -40,6 +42,8 @@ class Services:
         self.mongo = Mongo(settings)
         self.tenants = TenantStore(self.mongo)
         self.functions = FunctionStore(self.mongo)
+        self.bundles = BundleStore(self.mongo, settings.bundle_collect_grace_s)
+        self.uploads = UploadSlots(settings.uploads_concurrent, settings.uploads_wait_s)
         self.tasks = TaskStore(self.mongo, settings.task_retention_s)
         self.timers = TimerStore(self.mongo)
         self.cache = FunctionCache(self.functions)

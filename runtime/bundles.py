@@ -90,13 +90,15 @@ def handler_module_paths(handler: str) -> list[str]:
 
 
 def inspect_bundle(
-    data: bytes,
+    data: bytes | IO[bytes],
     limits: BundleLimits,
     config_override: dict[str, Any] | None = None,
     runtime_python: str = "3.11",
 ) -> Bundle:
-    """Validate an uploaded bundle without unpacking it and resolve its configuration."""
-    _check_size(data, limits)
+    """Validate an uploaded bundle without unpacking it and resolve its configuration.
+
+    `data` is the bytes or a seekable file (an upload spooled to disk), read in place."""
+    size = _check_size(data, limits)
     with _open_zip(data) as zf:
         entries = _check_archive(zf, limits)
         files = {e.path: e for e in entries if not e.is_dir}
@@ -107,14 +109,14 @@ def inspect_bundle(
     pickle_name, python = _check_pickle(manifest, files, config, runtime_python)
     if pickle_name is None:
         _check_handler(config.handler, set(files))
-    sha = hashlib.sha256(data).hexdigest()
+    sha = _digest(data)
     return Bundle(
-        sha256=sha, version=sha[:12], size=len(data), unpacked_size=unpacked, entries=count,
+        sha256=sha, version=sha[:12], size=size, unpacked_size=unpacked, entries=count,
         manifest=manifest, config=config, pickle=pickle_name, python=python,
     )
 
 
-def unpack_bundle(data: bytes, dest: Path, limits: BundleLimits) -> None:
+def unpack_bundle(data: bytes | IO[bytes], dest: Path, limits: BundleLimits) -> None:
     """Unpack into `dest` atomically; an existing `dest` (same version) is kept as it is."""
     _check_size(data, limits)
     with _open_zip(data) as zf:
@@ -138,18 +140,36 @@ def unpack_bundle(data: bytes, dest: Path, limits: BundleLimits) -> None:
             raise
 
 
-def _check_size(data: bytes, limits: BundleLimits) -> None:
-    if len(data) > limits.max_bytes:
+def _size(data: bytes | IO[bytes]) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return data.seek(0, os.SEEK_END)
+
+
+def _digest(data: bytes | IO[bytes]) -> str:
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    data.seek(0)
+    digest = hashlib.sha256()
+    while chunk := data.read(_CHUNK * 16):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_size(data: bytes | IO[bytes], limits: BundleLimits) -> int:
+    size = _size(data)
+    if size > limits.max_bytes:
         raise PayloadTooLarge(
-            f"bundle is {len(data)} bytes, over the limit of {limits.max_bytes} bytes "
+            f"bundle is {size} bytes, over the limit of {limits.max_bytes} bytes "
             "(bundle_max_bytes)"
         )
+    return size
 
 
 @contextmanager
-def _open_zip(data: bytes) -> Iterator[zipfile.ZipFile]:
+def _open_zip(data: bytes | IO[bytes]) -> Iterator[zipfile.ZipFile]:
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, NotImplementedError):
         raise InvalidBundle("the body is not a zip archive") from None
     with zf:

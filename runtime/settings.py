@@ -125,6 +125,28 @@ class Settings(BaseSettings):
     bundle_max_bytes: Annotated[int, Field(ge=1024)] = 50 * MB
     bundle_max_unpacked_bytes: Annotated[int, Field(ge=1024)] = 250 * MB
     bundle_max_entries: Annotated[int, Field(ge=1)] = 10000
+    # FNHOST_BUNDLE_VERSIONS_KEPT: a function's newest uploads whose bundles stay in
+    # GridFS (its current version always does); older ones are collected at the next
+    # upload, and all of a deleted function's at once. A queued task runs the version
+    # current when it is dispatched, so no task needs a collected bundle.
+    bundle_versions_kept: Annotated[int, Field(ge=1, le=1000)] = 5
+    # FNHOST_BUNDLE_COLLECT_GRACE_S: a bundle stored or re-uploaded this recently is never
+    # collected: an upload stores its bundle before its version references it, and a
+    # scheduler may still hold a function record from just before an update.
+    bundle_collect_grace_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # FNHOST_BUNDLE_SWEEP_S: how often a scheduler deletes the bundles in GridFS that no
+    # function or kept version references (the backstop of collection at upload/delete).
+    bundle_sweep_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    # FNHOST_BUNDLE_CACHE_MB: the unpacked bundles on a scheduler's disk add up to at most
+    # this; past it the least recently used are deleted, except those of versions with
+    # a live container (which may then keep it over the bound).
+    bundle_cache_mb: Annotated[int, Field(ge=1, le=1 << 30)] = 2048
+    # FNHOST_UPLOADS_CONCURRENT: bundle uploads (PUT /v1/functions/{name}) one gateway
+    # reads at once; another waits up to FNHOST_UPLOADS_WAIT_S for its turn, then gets
+    # 503 with Retry-After. An upload is spooled to a temporary file (TMPDIR), never
+    # held whole in memory.
+    uploads_concurrent: Annotated[int, Field(ge=1, le=1000)] = 4
+    uploads_wait_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # FNHOST_LOG_LIMIT_BYTES: an invocation's captured logs, keeping the tail; at most
     # 8 MB so that a task record (logs and up to 1 MB of result) stays below MongoDB's
     # 16 MB document limit. The scheduler cuts what an agent sends beyond it.

@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import tempfile
+from collections.abc import Awaitable
+from typing import IO, Any
 
-import orjson
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.body import read_limited
+from gateway.body import SPOOL_MEMORY_BYTES, read_limited
 from gateway.state import Services
+from gateway.uploads import json_object, received_upload
 from runtime import constants as c
 from runtime.bundles import Bundle, BundleLimits, inspect_bundle
-from runtime.errors import BadRequest, FnhostError, InvalidConfig
+from runtime.errors import InvalidConfig
 from runtime.models import CONFIG_KEYS, FunctionConfig, WebhookDestination, check_name, merge_config
 from runtime.store.functions import FunctionRecord
 from runtime.store.tenants import Tenant
 from runtime.webhook_policy import WebhookPolicy
 
-ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
-MULTIPART_SLACK = 1 << 20
-
-
-class UnsupportedMediaType(FnhostError):
-    status = 415
-    code = "unsupported_media_type"
+log = logging.getLogger(__name__)
 
 
 def _limits(services: Services) -> BundleLimits:
@@ -35,46 +31,9 @@ def _limits(services: Services) -> BundleLimits:
     return BundleLimits(s.bundle_max_bytes, s.bundle_max_unpacked_bytes, s.bundle_max_entries)
 
 
-def _json_object(raw: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidConfig(f"{what} is not valid JSON", field=what) from None
-    if not isinstance(value, dict):
-        raise InvalidConfig(f"{what} must be a JSON object", field=what)
-    return value
-
-
-async def _read_upload(request: Request, services: Services) -> tuple[bytes, dict[str, Any] | None]:
-    """The zip bytes and the config override from a zip or multipart body."""
-    limit = services.settings.bundle_max_bytes
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ZIP_TYPES:
-        return await read_limited(request, limit, "bundle"), None
-    if content_type != "multipart/form-data":
-        raise UnsupportedMediaType(
-            "send the bundle as application/zip, or multipart/form-data with parts "
-            "'code' (zip) and 'config' (JSON)"
-        )
-    await read_limited(request, limit + MULTIPART_SLACK, "upload")
-    async with request.form(max_files=2, max_fields=4, max_part_size=1 << 20) as form:
-        code = form.get("code")
-        if code is None:
-            raise BadRequest("multipart upload needs a 'code' part with the zip", field="code")
-        data = await code.read() if isinstance(code, UploadFile) else code.encode()
-        config = form.get("config")
-        override = None
-        if config is not None:
-            raw = await config.read() if isinstance(config, UploadFile) else config
-            override = _json_object(raw, "config")
-    return data, override
-
-
-async def _inspect(data: bytes, services: Services, override: dict[str, Any] | None) -> Bundle:
-    limits = _limits(services)
-    if len(data) < (1 << 20):
-        return inspect_bundle(data, limits, override)
-    return await asyncio.to_thread(inspect_bundle, data, limits, override)
+async def _inspect(code: IO[bytes], services: Services, override: dict[str, Any] | None) -> Bundle:
+    """Inspect a spooled bundle, off the event loop (it reads and hashes the file)."""
+    return await asyncio.to_thread(inspect_bundle, code, _limits(services), override)
 
 
 def check_webhooks(config: FunctionConfig, policy: WebhookPolicy) -> None:
@@ -105,27 +64,40 @@ async def put_function(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     tenant: Tenant = request.scope["tenant"]
     name = check_name(request.path_params["name"], "function name")
-    data, override = await _read_upload(request, services)
-    bundle = await _inspect(data, services, override)
-    existing = await services.functions.get(tenant.id, name)
-    if existing is not None:
-        # New code keeps the function's configuration except what the upload names.
-        named = {k: v for k, v in bundle.manifest.items() if k in CONFIG_KEYS}
-        config = merge_config(merge_config(existing.config, named), override or {})
-        if config != bundle.config:
-            bundle = await _inspect(data, services, config.dump())
-    check_webhooks(bundle.config, services.webhook_policy)
-    await services.quotas.check_upload(
-        tenant.id, name, existing, bundle.config, sha256=bundle.sha256, version=bundle.version,
-        size=bundle.size,
-    )
-    await services.functions.save_bundle(tenant.id, bundle.sha256, data)
+    async with services.uploads.hold(tenant.id), received_upload(request, services.settings) as upload:
+        bundle = await _inspect(upload.code, services, upload.override)
+        existing = await services.functions.get(tenant.id, name)
+        if existing is not None:
+            # New code keeps the function's configuration except what the upload names.
+            named = {k: v for k, v in bundle.manifest.items() if k in CONFIG_KEYS}
+            config = merge_config(merge_config(existing.config, named), upload.override or {})
+            if config != bundle.config:
+                bundle = await _inspect(upload.code, services, config.dump())
+        check_webhooks(bundle.config, services.webhook_policy)
+        await services.quotas.check_upload(
+            tenant.id, name, existing, bundle.config, sha256=bundle.sha256, version=bundle.version,
+            size=bundle.size,
+        )
+        await services.bundles.save(tenant.id, bundle.sha256, upload.code)
     record, created = await services.functions.put(
         tenant.id, name, bundle.config, version=bundle.version, sha256=bundle.sha256,
         pickle=bundle.pickle, bundle_size=bundle.size, manifest=bundle.manifest,
     )
     await announce(services, record, tenant.id, name)
+    await _collect(
+        services.bundles.prune(
+            tenant.id, name, record.version, services.settings.bundle_versions_kept
+        )
+    )
     return JSONResponse(record.describe(), status_code=201 if created else 200)
+
+
+async def _collect(collection: Awaitable[int]) -> None:
+    """Run a collection of bundles; a failure leaves them to the scheduler's sweep."""
+    try:
+        await collection
+    except Exception:
+        log.exception("collecting bundles failed; the periodic sweep will")
 
 
 async def list_functions(request: Request) -> JSONResponse:
@@ -146,13 +118,14 @@ async def patch_function(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     tenant: Tenant = request.scope["tenant"]
     record = await services.functions.require(tenant.id, request.path_params["name"])
-    patch = _json_object(await read_limited(request, 64 * 1024, "config"), "config")
+    patch = json_object(await read_limited(request, 64 * 1024, "config"), "config")
     config = merge_config(record.config, patch)
     check_webhooks(config, services.webhook_policy)
     if config.handler != record.config.handler:
         # The new handler must exist in the current bundle, as at upload.
-        data = await services.functions.load_bundle(tenant.id, record.sha256)
-        await _inspect(data, services, config.dump())
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as code:
+            await services.bundles.load(tenant.id, record.sha256, code)
+            await _inspect(code, services, config.dump())
     await services.quotas.check_config(tenant.id, record.name, record, config)
     record = await services.functions.update_config(record, config)
     await announce(services, record, tenant.id, record.name)
@@ -163,7 +136,7 @@ async def delete_function(request: Request) -> Response:
     services: Services = request.app.state.services
     tenant: Tenant = request.scope["tenant"]
     name = request.path_params["name"]
-    await services.functions.require(tenant.id, name)
+    record = await services.functions.require(tenant.id, name)
     await services.functions.delete(tenant.id, name)
     await announce(services, None, tenant.id, name)
     # Its queued tasks will never run: they become Invalid now (the scheduler also
@@ -171,6 +144,7 @@ async def delete_function(request: Request) -> Response:
     await services.tasks.mark_function_tasks(
         tenant.id, name, frozenset({"Enqueued", "Retrying", "Processed"}), "Invalid"
     )
+    await _collect(services.bundles.forget_function(tenant.id, name, record.sha256))
     return Response(status_code=204)
 
 

@@ -208,6 +208,14 @@ class Pool:
     def containers(self) -> list[Container]:
         return list(self._containers.values())
 
+    def serves(self, tenant: str, version: str) -> bool:
+        """Whether a live container is bound to `version` of one of `tenant`'s functions."""
+        return any(
+            c.key is not None and c.key.tenant == tenant and c.key.version == version
+            and c.state is not State.REMOVING
+            for c in self._containers.values()
+        )
+
     def stats(self) -> dict[str, Any]:
         containers = self._containers.values()
         states = Counter(c.state.value for c in containers)

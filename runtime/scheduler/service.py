@@ -24,12 +24,14 @@ from runtime.outbox import Outbox
 from runtime.pool.engine import DockerEngine
 from runtime.pool.pool import Pool
 from runtime.scheduler.bundle_cache import BundleCache
+from runtime.scheduler.bundle_sweep import BundleSweep
 from runtime.scheduler.consumers import ExpirySweep, QueueConsumers, TimerLoop
 from runtime.scheduler.flow import Flow, Thresholds
 from runtime.scheduler.invoker import Invoker
 from runtime.scheduler.sync import SyncHandler
 from runtime.scheduler.tasks import TaskRunner
 from runtime.settings import Settings
+from runtime.store.bundles import BundleStore
 from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
@@ -54,9 +56,10 @@ class Scheduler:
         self.mongo = Mongo(settings)
         self.functions = FunctionStore(self.mongo)
         self.cache = FunctionCache(self.functions)
-        self.bundles = BundleCache(settings, self.functions)
+        self.bundle_store = BundleStore(self.mongo, settings.bundle_collect_grace_s)
         self.engine = DockerEngine(settings)
         self.pool = Pool(settings, self.engine)
+        self.bundles = BundleCache(settings, self.bundle_store, in_use=self.pool.serves)
         self.invoker = Invoker(
             self.pool, self.engine, self.bundles, settings.sync_wait_s,
             result_limit=settings.result_limit_bytes, log_limit=settings.log_limit_bytes,
@@ -142,6 +145,8 @@ class Scheduler:
         self.timer_loop.start()
         self.expiry = ExpirySweep(self.tasks, self.settings.expiry_sweep_s)
         self.expiry.start()
+        self.bundle_sweep = BundleSweep(self.bundle_store, self.settings.bundle_sweep_s)
+        self.bundle_sweep.start()
         self.hop = HopServer(
             self.settings.cluster_key(HOP_KEY),
             SyncHandler(self.cache, self.invoker, self.settings.sync_concurrency)
@@ -218,6 +223,8 @@ class Scheduler:
             await self.outbox.close()  # its records wait in their timers for the next start
         if hasattr(self, "expiry"):
             self.expiry.close()
+        if hasattr(self, "bundle_sweep"):
+            self.bundle_sweep.close()
         if hasattr(self, "consumers"):
             await self.consumers.close()  # no new task; the ones in hand go on
         if hasattr(self, "hop"):

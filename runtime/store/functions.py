@@ -1,4 +1,4 @@
-"""Function records, their immutable versions and the bundles in GridFS.
+"""Function records and their immutable versions (bundles: runtime/store/bundles.py).
 
 A function's queue state lives on its record: `queue` holds a promotion to a
 dedicated queue (mode, since, reason) set by a scheduler; `pinned_at` is when
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gridfs.errors import NoFile
 from pymongo import ReturnDocument
 
 from runtime.errors import NotFound
@@ -129,20 +128,6 @@ class FunctionStore:
         cursor = self._mongo.functions.find({"tenant": tenant}).sort("name", 1)
         return [_record(doc) async for doc in cursor]
 
-    async def save_bundle(self, tenant: str, sha256: str, data: bytes) -> None:
-        """Store a bundle's bytes once per tenant and content hash."""
-        file_id = f"{tenant}/{sha256}"
-        if await self._mongo.db["bundles.files"].find_one({"_id": file_id}, {"_id": 1}):
-            return
-        await self._mongo.bundles.upload_from_stream_with_id(file_id, sha256, data)
-
-    async def load_bundle(self, tenant: str, sha256: str) -> bytes:
-        try:
-            stream = await self._mongo.bundles.open_download_stream(f"{tenant}/{sha256}")
-        except NoFile:
-            raise NotFound(f"bundle {sha256[:12]} not found") from None
-        return await stream.read()
-
     async def put(
         self,
         tenant: str,
@@ -189,7 +174,11 @@ class FunctionStore:
                     "size": bundle_size,
                     "manifest": manifest,
                     "created_at": now,
-                }
+                },
+                # The newest uploads are the versions kept (runtime/store/bundles.py);
+                # uploading a collected version again brings it back.
+                "$set": {"uploaded_at": now},
+                "$unset": {"collected_at": ""},
             },
             upsert=True,
         )

@@ -47,6 +47,12 @@ class Mongo:
             [("tenant", ASCENDING), ("function", ASCENDING), ("created_at", ASCENDING)]
         )
 
+        # As GridFS declares them: bundles are written chunk by chunk (runtime/store/bundles.py).
+        chunks = self.db[f"{c.BUNDLE_BUCKET}.chunks"]
+        await chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+        files = self.db[f"{c.BUNDLE_BUCKET}.files"]
+        await files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+
     async def ping(self) -> None:
         await self.client.admin.command("ping")
 
