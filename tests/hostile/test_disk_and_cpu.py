@@ -158,9 +158,12 @@ def test_an_idle_warm_container_uses_no_cpu(
         r = deploy(client, "burner", function_zip(BURNER))
         assert r.status_code == 201, r.text
         container = container_of(invoke(client, "burner"))
-        time.sleep(1.0)  # past FNHOST_FREEZE_AFTER_S, and the pause of the engine
-        used = cpu_seconds(engine, container)
-        assert used < 0.05, f"the idle container used {used:.3f} CPU-s in about a second"
+        time.sleep(1.0)  # past FNHOST_FREEZE_AFTER_S
+        # Frozen within seconds (the engine's pause, on a loaded host, may take one or two).
+        used = [cpu_seconds(engine, container)]
+        while used[-1] >= 0.05 and len(used) < 5:
+            used.append(cpu_seconds(engine, container))
+        assert used[-1] < 0.05, f"the idle container used {used} CPU-s in successive seconds"
         # Claimed again, it is thawed: warm, the same container, its thread still there.
         r = invoke(client, "burner")
         assert container_of(r) == container
