@@ -373,30 +373,40 @@ class Destinations:
             raise _Failure(f"broker: {type(exc).__name__}: {exc}", retry=True) from None
 
     async def _declare(self, queue: str) -> None:
-        """Declare a queue destination with its length limit, on a channel of its own:
-        a queue declared before the limit existed makes the broker refuse the declare
-        (PRECONDITION_FAILED) and close that channel, not the publishing one."""
-        arguments: dict[str, FieldValue] = {
-            "x-queue-type": "quorum",
-            "x-max-length": self._settings.destination_queue_max_messages,
-            "x-overflow": "reject-publish",
+        """Declare a queue destination with its length limit. One declared by an earlier
+        version (quorum, no limit) is taken as it is, bounded by its depth instead; one
+        with other arguments (another type, another limit) fails the delivery."""
+        limit = self._settings.destination_queue_max_messages
+        bounded: dict[str, FieldValue] = {
+            "x-queue-type": "quorum", "x-max-length": limit, "x-overflow": "reject-publish",
         }
-        channel = await self._connection.channel(publisher_confirms=False)
-        try:
-            underlay = await channel.get_underlay_channel()
-            await underlay.queue_declare(queue, durable=True, arguments=arguments)
+        if await self._declare_as(queue, bounded):
             self._unbounded.pop(queue, None)
-        except ChannelPreconditionFailed:
+        elif await self._declare_as(queue, {"x-queue-type": "quorum"}):
             log.warning("queue destination %s was declared without a length limit: its depth "
                         "is read before each publish instead", queue)
             self._unbounded[queue] = None
             if len(self._unbounded) > DECLARED_QUEUES_MAX:
                 self._unbounded.popitem(last=False)
+        else:
+            raise _Failure(f"queue {queue} exists with other arguments (another type, or a "
+                           f"length limit other than {limit})", retry=False)
+        self._remember(queue)
+
+    async def _declare_as(self, queue: str, arguments: dict[str, FieldValue]) -> bool:
+        """Declare a durable queue on a channel of its own (a refusal closes that
+        channel, not the publishing one); False when it exists with other arguments."""
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(queue, durable=True, arguments=arguments)
+            return True
+        except ChannelPreconditionFailed:
+            return False
         finally:
             if not channel.is_closed:
                 with contextlib.suppress(Exception):
                     await channel.close()
-        self._remember(queue)
 
     async def _check_depth(self, queue: str) -> None:
         """The length limit of a queue declared without one: refuse while it is full."""

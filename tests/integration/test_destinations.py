@@ -303,7 +303,8 @@ async def test_slow_webhook_times_out_in_bounded_time(hook: Hook, destinations: 
 
 
 async def test_queue_delivered_to_the_tenant_queue(
-    destinations: Destinations, tenant: str, queues: list[str], plain: aio_pika.abc.AbstractConnection
+    destinations: Destinations, settings: Settings, tenant: str, queues: list[str],
+    plain: aio_pika.abc.AbstractConnection,
 ) -> None:
     name = c.destination_queue(tenant, "failed-thumbnails")
     assert name == f"fnhost.d.{tenant}.failed-thumbnails"
@@ -328,9 +329,15 @@ async def test_queue_delivered_to_the_tenant_queue(
     assert message.headers[c.H_CONDITION] == "EventAgeExceeded"
     assert await queue.get(fail=False) is None
 
-    # Durable and quorum: the same declaration is accepted, any other is refused.
-    await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-    for other in ({"durable": False}, {"durable": True, "arguments": {"x-queue-type": "classic"}}):
+    # Durable and quorum, with its length limit: the same declaration is accepted, any
+    # other is refused (the limit's absence too).
+    limit = settings.destination_queue_max_messages
+    bounded: dict[str, Any] = {
+        "x-queue-type": "quorum", "x-max-length": limit, "x-overflow": "reject-publish",
+    }
+    await channel.declare_queue(name, durable=True, arguments=bounded)
+    for other in ({"durable": False}, {"durable": True, "arguments": {"x-queue-type": "classic"}},
+                  {"durable": True, "arguments": {"x-queue-type": "quorum"}}):
         with pytest.raises(ChannelPreconditionFailed):
             await (await plain.channel()).declare_queue(name, **other)
 
