@@ -74,11 +74,15 @@ class UsageStore:
 
     async def versions(self, tenant: str) -> int:
         """Versions the store keeps for the tenant's functions (deleted ones' too, until
-        they are collected)."""
-        return await self._mongo.versions.count_documents({"tenant": tenant})
+        they are collected: a collected version's record stays, marked `collected_at`)."""
+        return await self._mongo.versions.count_documents(
+            {"tenant": tenant, "collected_at": {"$exists": False}}
+        )
 
     async def version_stored(self, tenant: str, function: str, version: str) -> bool:
-        doc = await self._mongo.versions.find_one({"_id": f"{tenant}/{function}/{version}"}, {"_id": 1})
+        doc = await self._mongo.versions.find_one(
+            {"_id": f"{tenant}/{function}/{version}", "collected_at": {"$exists": False}}, {"_id": 1}
+        )
         return doc is not None
 
     async def queue_destinations(self, tenant: str, *, besides: str | None = None) -> set[str]:
