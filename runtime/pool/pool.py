@@ -148,6 +148,8 @@ class Pool:
         self._awaiting_stems = 0
         # Acquires waiting for room on this host, by tenant (runtime/pool/share.py).
         self._waiting: Counter[str] = Counter()
+        # Acquires waiting, by function version: its warm containers are not evicted.
+        self._wanted: Counter[FunctionKey] = Counter()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -331,6 +333,7 @@ class Pool:
             self._awaiting_stems += awaiting_stem
             wants_room = not at_limit  # a function at its own limit waits for itself
             self._waiting[spec.key.tenant] += wants_room
+            self._wanted[spec.key] += 1
             try:
                 async with self._changed:
                     with contextlib.suppress(TimeoutError):
@@ -340,6 +343,9 @@ class Pool:
                 self._waiting[spec.key.tenant] -= wants_room
                 if self._waiting[spec.key.tenant] <= 0:
                     del self._waiting[spec.key.tenant]
+                self._wanted[spec.key] -= 1
+                if self._wanted[spec.key] <= 0:
+                    del self._wanted[spec.key]
 
     def _held_back(self, spec: Spec) -> bool:
         """Whether the tenant may start no new container now: it holds its share while
@@ -369,7 +375,7 @@ class Pool:
             self._containers.values(), key, new=new, memory_mb=memory_mb,
             max_containers=self.max_containers, budget_mb=self.memory_budget_mb, spare=spare,
             stems=not reserve, idle_before=reserve_before,
-            fair=(key.tenant if key else None, holding, self._host),
+            fair=(key.tenant if key else None, holding, self._host), wanted=self._wanted,
         )
         if chosen is None:
             return False

@@ -66,6 +66,7 @@ def victims(
     stems: bool = True,
     idle_before: float | None = None,
     fair: tuple[str | None, Mapping[str, float], share.Host] | None = None,
+    wanted: Mapping[FunctionKey, int] | None = None,
 ) -> list[tuple[Container, str]] | None:
     """Idle containers to remove so that `new` more containers and `memory_mb` more MB
     fit within `max_containers` and `budget_mb`, each with the reason it goes; None
@@ -78,6 +79,9 @@ def victims(
     never chosen. With `fair` (the requesting tenant, or None for the stem-cell
     reserve; each tenant's part of the host; the host), the tenants holding the most
     give way first, and a container goes only as runtime/pool/share.py `may_evict` allows.
+    A warm container of a function in `wanted` (one with acquires waiting, which will
+    take it in a moment) is never chosen: evicting it would trade a warm start for two
+    cold ones.
     """
     items = list(containers)
     count = live_count(items) + new
@@ -85,7 +89,8 @@ def victims(
     holding = defaultdict(float, fair[1] if fair is not None else {})
     warm_ones = sorted(
         (c for c in items if c.state is State.READY and c.key != key
-         and (idle_before is None or c.idle_since < idle_before)),
+         and (idle_before is None or c.idle_since < idle_before)
+         and (wanted is None or c.key not in wanted)),
         key=lambda c: (-holding[c.key.tenant] if c.key else 0, c.idle_since),
     )
     stem_cells = sorted(

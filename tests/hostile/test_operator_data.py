@@ -14,7 +14,7 @@ import pytest
 
 from runtime import constants as c
 from runtime.broker import topology
-from runtime.broker.control import ControlBus
+from runtime.broker.control import CONTROL_KEY, ControlBus
 from runtime.settings import load_settings
 from tests.harness import ADMIN_KEY, MongoServer, Platform, Vhost, assert_error, own_platform
 
@@ -100,7 +100,7 @@ async def beat_without_docker(platform: Platform, seconds: float) -> None:
         cluster_secret=platform.env["FNHOST_CLUSTER_SECRET"],
     )
     connection = await topology.connect(settings.amqp_url)
-    control = ControlBus(connection, settings.cluster_id)
+    control = ControlBus(connection, settings.cluster_id, settings.cluster_key(CONTROL_KEY))
     await control.start()
     try:
         deadline = time.monotonic() + seconds

@@ -300,7 +300,8 @@ async def test_queue_and_function_destinations_are_unaffected() -> None:
     and a function destination are delivered as before."""
     submitted: list[str] = []
 
-    async def submit(tenant: str, function: str, body: bytes, content_type: str) -> str:
+    async def submit(tenant: str, function: str, body: bytes, content_type: str,
+                     chain_depth: int) -> str:
         submitted.append(function)
         return "task-2"
 

@@ -112,3 +112,14 @@ def test_the_reserve_takes_only_from_the_tenant_holding_the_most() -> None:
     assert not share.may_evict(b_idle, None, holding, 0, HOST)
     alone = [a_idle, cell(State.BUSY, A2)]
     assert share.may_evict(a_idle, None, share.held(alone, HOST), 0, HOST)
+
+
+def test_a_warm_container_its_own_function_waits_for_is_not_evicted() -> None:
+    # A released container of A1 while an acquire of A1 waits: it will be taken warm in
+    # a moment, so A2's start must not evict it (two cold starts for one warm one).
+    a1_idle = cell(State.READY, A1)
+    pool = [a1_idle, *(cell(State.BUSY, A2) for _ in range(7))]
+    assert select.victims(pool, A2, new=1, memory_mb=128, max_containers=8, budget_mb=1024,
+                          fair=fair("a", pool), wanted={A1: 1}) is None
+    assert select.victims(pool, A2, new=1, memory_mb=128, max_containers=8, budget_mb=1024,
+                          fair=fair("a", pool), wanted={}) == [(a1_idle, select.FOR_COUNT)]
