@@ -9,7 +9,6 @@ from aio_pika.abc import AbstractRobustConnection
 from gateway.bursts import BurstPromoter, burst_threshold
 from gateway.cluster_metrics import CLUSTER
 from gateway.keys import KeyRing
-from gateway.quotas import QuotaKeeper
 from gateway.uploads import UploadSlots
 from runtime.broker import topology
 from runtime.broker.backlog import BacklogMonitor
@@ -32,6 +31,7 @@ from runtime.store.tenants import Tenant, TenantStore
 from runtime.store.timers import TimerStore
 from runtime.store.usage import UsageStore
 from runtime.tasks.admission import RateLimiter
+from runtime.tasks.quotas import QuotaKeeper
 from runtime.tasks.submit import Submitter
 from runtime.webhook_policy import WebhookPolicy
 

@@ -27,7 +27,7 @@ from pamqp.common import FieldValue
 
 from runtime import constants as c
 from runtime.broker.topology import DepthReader
-from runtime.errors import FnhostError, Throttled, Unavailable
+from runtime.errors import FnhostError, QuotaExceeded, Throttled, Unavailable
 from runtime.models import FunctionDestination, QueueDestination, WebhookDestination
 from runtime.settings import Settings
 from runtime.tasks import status as st
@@ -437,7 +437,7 @@ class Destinations:
             raise _Failure(
                 f"no answer within {timeout:g} s; the invocation may have been submitted", retry=False
             ) from None
-        except (Throttled, Unavailable) as exc:
+        except (Throttled, Unavailable, QuotaExceeded) as exc:  # each may pass: try again
             raise _Failure(exc.message, retry=True) from None
         except FnhostError as exc:
             raise _Failure(exc.message, retry=False) from None

@@ -1,6 +1,6 @@
 """Per-tenant quotas: their names, defaults, the admin's overrides and the checks.
 
-Pure functions; the gateway reads usage (runtime/store/usage.py, gateway/quotas.py)
+Pure functions; the gateway reads usage (runtime/store/usage.py, runtime/tasks/quotas.py)
 and calls them where a request would add to it. Over a quota the answer is
 QuotaExceeded naming it: 413 when the request alone would take the tenant past
 it (a bundle's bytes), 429 when a count is used up (it frees itself in time, or

@@ -5,7 +5,7 @@ apply flow control (gateway/throttle.py), pick the scheduler that owns the
 tenant, send it over the direct hop, answer. No MongoDB round trip on a warm
 path (a function with a max_rate: one when this gateway's lease of its tokens
 is spent; a tenant's first async submission here: the reading of its quota
-usage, gateway/quotas.py). Back-pressure and quotas apply to async submissions
+usage, runtime/tasks/quotas.py). Back-pressure and quotas apply to async submissions
 only: a sync invocation never waits behind, nor is refused for, the async backlog.
 """
 

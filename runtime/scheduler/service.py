@@ -36,9 +36,11 @@ from runtime.store.functions import FunctionStore
 from runtime.store.mongo import Mongo
 from runtime.store.rates import RateStore
 from runtime.store.tasks import TaskStore
+from runtime.store.tenants import TenantStore
 from runtime.store.timers import TimerStore
 from runtime.store.usage import RecordBytes, UsageStore
 from runtime.tasks.admission import FunctionDestinationSubmit, RateLimiter
+from runtime.tasks.quotas import QuotaKeeper
 from runtime.tasks.submit import Submitter
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Scheduler:
             UsageStore(self.mongo, settings.task_retention_s), settings.quota_refresh_s
         )
         self.membership = Membership(settings.heartbeat_s, cluster=settings.cluster_id)
+        self.quotas: QuotaKeeper | None = None  # set in start(), with the broker connection
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = time.time()
 
@@ -98,9 +101,16 @@ class Scheduler:
         )
         self.backlog = BacklogMonitor(self.connection, self.backpressure, s.backlog_poll_s)
         self.backlog.start()
+        # A function destination's tasks count against the tenant's quotas as a
+        # client's do (runtime/tasks/quotas.py: this scheduler's own view).
+        self.quotas = QuotaKeeper(
+            s, TenantStore(self.mongo), UsageStore(self.mongo, s.task_retention_s),
+            self.connection, self.backpressure,
+        )
+        self.quotas.start()
         submit = FunctionDestinationSubmit(
             self.cache, self.submitter, RateLimiter(RateStore(self.mongo)), self.backpressure,
-            payload_limit=s.async_payload_limit, max_chain=s.destination_chain_max,
+            self.quotas, payload_limit=s.async_payload_limit, max_chain=s.destination_chain_max,
         )
         self.destinations = Destinations(self.settings, self.connection, submit)
         await self.destinations.start()
@@ -247,6 +257,8 @@ class Scheduler:
         if hasattr(self, "submitter"):
             await self.submitter.close()
         await self.record_bytes.close()
+        if self.quotas is not None:
+            await self.quotas.close()
         self.engine.close()
         await self.mongo.close()
 

@@ -23,6 +23,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from runtime import constants as c
 from runtime.cache import FunctionCache
@@ -31,6 +32,7 @@ from runtime.flow.backpressure import Backpressure
 from runtime.flow.rate import Lease
 from runtime.store.functions import FunctionRecord
 from runtime.store.rates import RateStore, rate_key
+from runtime.tasks.quotas import QuotaKeeper
 from runtime.tasks.submit import Submission, Submitter
 
 # Functions whose leases a process keeps; the least recently used goes first.
@@ -145,12 +147,14 @@ class FunctionDestinationSubmit:
 
     def __init__(
         self, cache: FunctionCache, submitter: Submitter, limiter: RateLimiter,
-        backpressure: Backpressure, *, payload_limit: int, max_chain: int,
+        backpressure: Backpressure, quotas: QuotaKeeper | None, *, payload_limit: int,
+        max_chain: int,
     ) -> None:
         self._cache = cache
         self._submitter = submitter
         self._limiter = limiter
         self._backpressure = backpressure
+        self._quotas = quotas
         self._payload_limit = payload_limit
         self._max_chain = max_chain
 
@@ -169,9 +173,18 @@ class FunctionDestinationSubmit:
             refusal = await rate_refusal(self._limiter, record)
         if refusal is not None:
             raise refusal
-        accepted = await self._submitter.submit(Submission(
-            record=record, payload=body, content_type=content_type, chain_depth=chain_depth,
-        ))
+        if self._quotas is not None:
+            await self._quotas.admit_task(record, len(body))  # QuotaExceeded past it
+        try:
+            accepted = await self._submitter.submit(Submission(
+                record=record, payload=body, content_type=content_type, chain_depth=chain_depth,
+            ))
+        except BaseException:
+            if self._quotas is not None:
+                self._quotas.release(record, len(body))
+            raise
+        if self._quotas is not None:
+            self._quotas.accepted(record, datetime.now(UTC), len(body))
         if accepted.due_at is None:
             self._backpressure.enqueued(queue_of(record))
         return accepted.task_id

@@ -66,7 +66,8 @@ def make(cache: Cache | None = None, limiter: Limiter | None = None,
     submitter = Submitter()
     submit = FunctionDestinationSubmit(
         cast(Any, cache or Cache()), cast(Any, submitter), cast(Any, limiter or Limiter()),
-        backpressure or quiet_backpressure(), payload_limit=payload_limit, max_chain=max_chain,
+        backpressure or quiet_backpressure(), None, payload_limit=payload_limit,
+        max_chain=max_chain,
     )
     return submit, submitter
 

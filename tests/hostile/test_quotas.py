@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.quotas import FAR_ROUNDS
+from runtime.tasks.quotas import FAR_ROUNDS
 from tests.harness import (
     MongoServer,
     Platform,
@@ -351,3 +351,37 @@ def test_another_gateway_counts_what_one_accepted(quota_platform: Platform, clie
             assert usage(other)["usage"]["queued_tasks"] == 5
     finally:
         quota_platform.stop_role("gateway-quotas")
+
+
+def test_a_function_destination_counts_against_the_queued_tasks_quota(
+    quota_platform: Platform, client: httpx.Client
+) -> None:
+    """A task submitted by a function destination is a queued task like a client's: past
+    the quota it is refused (retried, then a failed delivery naming the quota)."""
+    tenant = tenant_id(client)
+    assert deploy(client, "sink", code(1)).status_code == 201
+    assert client.post("/v1/functions/sink/pause").status_code == 200
+    config = {"async": {"on_success": {"type": "function", "name": "sink"}}}
+    assert deploy(client, "source", code(2), config).status_code == 201
+    assert client.post("/v1/functions/source/pause").status_code == 200
+    source = submit_event(client, "source", {})
+    assert source.status_code == 202
+    for i in range(4):
+        assert submit_event(client, "sink", {"n": i}).status_code == 202
+    set_quotas(quota_platform, tenant, {"queued_tasks": 4})  # 5 queued: the quota goes down to 4
+    assert client.post("/v1/functions/source/resume").status_code == 200
+    # `source` runs (4 queued: sink's), and its record would be sink's fifth.
+    task = wait_task(client, source.headers["x-task-id"], timeout=60)
+    assert task["status"] == "Succeeded", task
+
+    failed: list[dict[str, Any]] = []
+
+    def delivery_failed() -> bool:
+        found = client.get(f"/v1/tasks/{source.headers['x-task-id']}").json()["destination"]
+        if found and found["status"] == "failed":
+            failed.append(found)
+        return bool(failed)
+
+    eventually(delivery_failed, timeout=60)
+    assert "queued_tasks" in str(failed[0]["error"]), failed
+    assert usage(client)["usage"]["queued_tasks"] == 4

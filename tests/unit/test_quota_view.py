@@ -1,4 +1,4 @@
-"""The gateway's quota view (gateway/quotas.py): admissions counted on top of the last
+"""The gateway's quota view (runtime/tasks/quotas.py): admissions counted on top of the last
 reading, given back when not accepted, and a reading that races admissions."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway.quotas import READINGS, QuotaKeeper
 from runtime.errors import QuotaExceeded
 from runtime.models import FunctionConfig
 from runtime.settings import Settings
 from runtime.store.functions import FunctionRecord
+from runtime.tasks.quotas import READINGS, QuotaKeeper
 
 
 class Tenants:
