@@ -36,11 +36,13 @@ def file_id(tenant: str, sha256: str) -> str:
 
 
 def _untouched_since(cutoff: datetime) -> Doc:
-    """Files last stored or re-uploaded before `cutoff` (older files have no touch time)."""
+    """Files last stored or re-uploaded at or before `cutoff` (older files have no touch
+    time). At or before: stored times are milliseconds, and with no grace period a file
+    stored in the cutoff's own millisecond is old enough."""
     return {
         "$or": [
-            {"metadata.touched_at": {"$lt": cutoff}},
-            {"metadata.touched_at": {"$exists": False}, "uploadDate": {"$lt": cutoff}},
+            {"metadata.touched_at": {"$lte": cutoff}},
+            {"metadata.touched_at": {"$exists": False}, "uploadDate": {"$lte": cutoff}},
         ]
     }
 
