@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,17 +33,20 @@ def check_declared(request: Request, limit: int, what: str) -> None:
             raise PayloadTooLarge(f"{what} of {int(declared)} bytes is over the {_mb(limit)} limit")
 
 
-async def read_limited(request: Request, limit: int, what: str = "payload") -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+async def _chunks_within(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The body's chunks, or 413 as soon as it is known to exceed `limit` bytes."""
     check_declared(request, limit, what)
-    chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"{what} is over the {_mb(limit)} limit")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        yield chunk
+
+
+async def read_limited(request: Request, limit: int, what: str = "payload") -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+    body = b"".join([chunk async for chunk in _chunks_within(request, limit, what)])
     request._body = body  # later parsers (multipart) read the cached body
     return body
 
@@ -50,16 +54,11 @@ async def read_limited(request: Request, limit: int, what: str = "payload") -> b
 async def spool_limited(request: Request, limit: int, what: str = "payload") -> SpooledFile:
     """The whole body in a temporary file (in memory up to `SPOOL_MEMORY_BYTES`, then on
     disk), or 413 as soon as it is known to exceed `limit` bytes."""
-    check_declared(request, limit, what)
     spool: SpooledFile = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
     try:
-        size = 0
         pending: list[bytes] = []
         pending_size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"{what} is over the {_mb(limit)} limit")
+        async for chunk in _chunks_within(request, limit, what):
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= SPOOL_WRITE_BYTES:

@@ -351,10 +351,20 @@ class Pool:
         """Whether the tenant may start no new container now: it holds its share while
         other tenants wait, or FNHOST_TENANT_HOST_SHARE of the host."""
         tenant = spec.key.tenant
-        holding = share.held(self._containers.values(), self._host)
-        return share.gives_way(tenant, holding, self._waiting) or share.over_cap(
-            tenant, self._host.part(spec.memory_mb), holding, self._settings.tenant_host_share
+        if self._gives_way(tenant):
+            return True
+        host_share = self._settings.tenant_host_share
+        return host_share < 1.0 and share.over_cap(
+            tenant, self._host.part(spec.memory_mb),
+            share.held(self._containers.values(), self._host), host_share,
         )
+
+    def _gives_way(self, tenant: str) -> bool:
+        """runtime/pool/share.py `gives_way`, counting the containers only when another
+        tenant waits: on every release, the usual case costs nothing."""
+        if not any(t != tenant for t in self._waiting):
+            return False
+        return share.gives_way(tenant, share.held(self._containers.values(), self._host), self._waiting)
 
     def _starting_stems(self) -> int:
         return sum(
@@ -479,9 +489,7 @@ class Pool:
         container.invocations += 1
         if container.retired or container.lost:
             self.discard(container)
-        elif container.key is not None and share.gives_way(
-            container.key.tenant, share.held(self._containers.values(), self._host), self._waiting
-        ):
+        elif container.key is not None and self._gives_way(container.key.tenant):
             # Another tenant waits for room this tenant holds more than its share of.
             self.counters["fair_share_releases"] += 1
             self.discard(container)
